@@ -1,0 +1,120 @@
+// Reverse-mode autograd on a tape.
+//
+// Ops call `record()` after their forward dispatch with a closure that turns
+// the output's gradient into input gradients. `backward()` walks the tape in
+// reverse, sums gradients that meet at a tensor, and accumulates leaf
+// gradients into `param.grad` (f32, ledger class "gradients"). Frozen tensors
+// (requiresGrad false) get no gradient: ops skip the matching matmul.
+
+import { setDefaultMemoryClass, type Tensor, TensorView, zeros } from "./tensor.ts";
+import { addInto, fillInPlace } from "./ops/elementwise.ts";
+
+/** Backward closure: gradient of the output in, one gradient (or null) per input out. */
+export type BackwardFn = (dy: Tensor) => (Tensor | null | undefined)[];
+
+interface Node {
+  op: string;
+  output: Tensor;
+  inputs: Tensor[];
+  backward: BackwardFn;
+}
+
+let enabled = true;
+const tape: Node[] = [];
+const produced = new WeakSet<Tensor>();
+
+/** Whether ops currently record onto the tape. */
+export function gradEnabled(): boolean {
+  return enabled;
+}
+
+/** Runs `fn` without recording. */
+export function noGrad<T>(fn: () => T): T {
+  const prev = enabled;
+  enabled = false;
+  try {
+    return fn();
+  } finally {
+    enabled = prev;
+  }
+}
+
+/** Records an op whose output needs a gradient when any input does. */
+export function record(op: string, output: Tensor, inputs: Tensor[], backward: BackwardFn): void {
+  if (!enabled || !inputs.some((t) => t.requiresGrad)) return;
+  output.requiresGrad = true;
+  produced.add(output);
+  tape.push({ op, output, inputs, backward });
+}
+
+/** Number of recorded ops, for tests and benchmarks. */
+export function tapeLength(): number {
+  return tape.length;
+}
+
+/** Drops the tape without computing gradients (evaluation, or an aborted step). */
+export function clearTape(): void {
+  tape.length = 0;
+}
+
+function baseOf(t: Tensor): Tensor {
+  return t instanceof TensorView ? baseOf(t.base) : t;
+}
+
+/**
+ * Computes gradients of `loss` (a scalar, or any tensor with `seed` as its
+ * gradient) and accumulates them into the `grad` of every leaf that requires
+ * one. Clears the tape.
+ */
+export function backward(loss: Tensor, seed?: Tensor): void {
+  const prevClass = setDefaultMemoryClass("scratch");
+  try {
+    const grads = new Map<Tensor, Tensor>();
+    grads.set(baseOf(loss), seed ?? ones(loss.shape));
+
+    for (let k = tape.length - 1; k >= 0; k--) {
+      const node = tape[k];
+      const out = baseOf(node.output);
+      const dy = grads.get(out);
+      if (!dy) continue;
+      grads.delete(out);
+      const dxs = node.backward(
+        dy.shape.join() === node.output.shape.join() ? dy : dy.reshape([...node.output.shape]),
+      );
+      node.inputs.forEach((x, i) => {
+        const dx = dxs[i];
+        if (!dx || !x.requiresGrad) return;
+        accumulate(grads, x, dx);
+      });
+      if (dy !== seed) dy.dispose();
+    }
+  } finally {
+    tape.length = 0;
+    setDefaultMemoryClass(prevClass);
+  }
+}
+
+function accumulate(grads: Map<Tensor, Tensor>, x: Tensor, dx: Tensor) {
+  const base = baseOf(x);
+  const g = dx.numel === base.numel && dx.shape.join() !== base.shape.join()
+    ? dx.reshape([...base.shape])
+    : dx;
+
+  if (!produced.has(base)) {
+    // A leaf: accumulate into its persistent gradient.
+    if (!base.grad) {
+      base.grad = zeros(base.shape, { memoryClass: "gradients", name: `${base.name}.grad` }).keep();
+    }
+    addInto(base.grad, g);
+    return;
+  }
+  const prev = grads.get(base);
+  if (prev) addInto(prev, g);
+  else grads.set(base, g);
+}
+
+function ones(shape: readonly number[]): Tensor {
+  const t = zeros(shape);
+  fillInPlace(t, 1);
+  return t;
+}
