@@ -1,0 +1,171 @@
+// Global gradient-norm clipping computed on the GPU.
+//
+// The norm never leaves the GPU during a step. One kernel per gradient (per
+// binding window) writes partial sums of squares. One workgroup adds the
+// partials and writes the norm and the factor min(1, maxNorm / (norm + 1e-6)),
+// as torch.nn.utils.clip_grad_norm_ computes it. AdamW multiplies every
+// gradient by that factor as it reads it. Reading the norm for logging costs
+// one readback.
+
+import { empty, gpu, type Tensor } from "../core/tensor.ts";
+import { storage, uniforms, window, windowElements } from "../core/wgsl.ts";
+
+const WG = 256;
+// Elements each workgroup sums before writing one partial.
+const CHUNK = WG * 8;
+
+const TREE_REDUCE = `
+  sh[lid.x] = s;
+  workgroupBarrier();
+  for (var stride = ${WG / 2}u; stride > 0u; stride = stride >> 1u) {
+    if (lid.x < stride) { sh[lid.x] = sh[lid.x] + sh[lid.x + stride]; }
+    workgroupBarrier();
+  }`;
+
+function partialCode(dtype: Tensor["dtype"]): string {
+  return `
+struct P { n: u32, o: u32, out: u32, groups: u32 }
+@group(0) @binding(0) var<uniform> p: P;
+${storage(1, "G", dtype)}
+@group(0) @binding(2) var<storage, read_write> PART: array<f32>;
+var<workgroup> sh: array<f32, ${WG}>;
+@compute @workgroup_size(${WG})
+fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
+        @builtin(num_workgroups) nwg: vec3<u32>) {
+  let group = wid.x + wid.y * nwg.x;
+  if (group >= p.groups) { return; }
+  let start = group * ${CHUNK}u;
+  var s = 0.0;
+  for (var k = 0u; k < ${CHUNK / WG}u; k++) {
+    let i = start + k * ${WG}u + lid.x;
+    if (i < p.n) {
+      let x = ld_G(p.o + i);
+      s += x * x;
+    }
+  }
+  ${TREE_REDUCE}
+  if (lid.x == 0u) { PART[p.out + group] = sh[0]; }
+}`;
+}
+
+const FINAL_CODE = `
+struct P { count: u32, maxNorm: f32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read> PART: array<f32>;
+@group(0) @binding(2) var<storage, read_write> NORM: array<f32>;
+@group(0) @binding(3) var<storage, read_write> SCALE: array<f32>;
+var<workgroup> sh: array<f32, ${WG}>;
+@compute @workgroup_size(${WG})
+fn main(@builtin(local_invocation_id) lid: vec3<u32>) {
+  var s = 0.0;
+  for (var i = lid.x; i < p.count; i += ${WG}u) { s += PART[i]; }
+  ${TREE_REDUCE}
+  if (lid.x == 0u) {
+    let norm = sqrt(sh[0]);
+    NORM[0] = norm;
+    SCALE[0] = min(1.0, p.maxNorm / (norm + 1e-6));
+  }
+}`;
+
+/**
+ * Global L2 norm of all gradients and the clipping factor derived from it,
+ * both kept in GPU buffers.
+ *
+ * NOTE: a non-finite gradient makes the norm Inf or NaN and the factor 0 or
+ * NaN (WGSL leaves min() of a NaN implementation-defined). At least the
+ * parameters with non-finite gradients then get NaN updates, as in PyTorch
+ * with `error_if_nonfinite=False`. Nothing skips the step, so check the loss
+ * or `norm()` to catch it.
+ */
+export class GradNormClip {
+  /** Largest global gradient norm let through unscaled. */
+  readonly maxNorm: number;
+  /** GPU scalar min(1, maxNorm / (norm + 1e-6)), written by `computeScale`; pass it to `AdamW.step`. */
+  readonly scale: Tensor;
+  /** GPU scalar with the global norm of the last `computeScale`, before clipping. */
+  readonly normTensor: Tensor;
+  #partials: Tensor | null = null;
+
+  /** `maxNorm` defaults to 1.0; `Infinity` measures the norm without clipping. */
+  constructor(maxNorm = 1.0) {
+    if (!(maxNorm > 0)) {
+      throw new RangeError(
+        `invalid maxNorm ${maxNorm}: expected a positive number (Infinity disables clipping)`,
+      );
+    }
+    this.maxNorm = maxNorm;
+    this.scale = empty([1], { memoryClass: "optimizer", name: "clip.scale" }).keep();
+    this.normTensor = empty([1], { memoryClass: "optimizer", name: "clip.norm" }).keep();
+  }
+
+  /**
+   * Records the kernels that compute the global norm of `grads` and the
+   * clipping factor, and returns the factor's GPU scalar (`this.scale`).
+   * Null entries (parameters without a gradient) count as zero.
+   */
+  computeScale(grads: readonly (Tensor | null)[]): Tensor {
+    const g = gpu();
+    const maxX = g.limits.maxComputeWorkgroupsPerDimension;
+
+    // Partial-sum slots per window, laid out one window after another.
+    const jobs: { t: Tensor; start: number; n: number; out: number; groups: number }[] = [];
+    let slots = 0;
+    for (const t of grads) {
+      if (!t) continue;
+      const step = Math.floor(windowElements(t.dtype) / 2) * 2;
+      for (let start = 0; start < t.numel; start += step) {
+        const n = Math.min(step, t.numel - start);
+        const groups = Math.ceil(n / CHUNK);
+        jobs.push({ t, start, n, out: slots, groups });
+        slots += groups;
+      }
+    }
+    const partials = this.#partialBuffer(Math.max(1, slots));
+
+    for (const job of jobs) {
+      const w = window(job.t, job.start, job.n);
+      const x = Math.min(job.groups, maxX);
+      g.dispatch({
+        label: `gradNorm.partial(${job.t.name || job.t.shapeString}, ${job.n})`,
+        code: partialCode(job.t.dtype),
+        buffers: [w.binding, partials.buffer],
+        uniforms: uniforms(job.n, w.offset, job.out, job.groups),
+        workgroups: [x, Math.ceil(job.groups / x)],
+      });
+    }
+
+    g.dispatch({
+      label: `gradNorm.final(${slots} partials)`,
+      code: FINAL_CODE,
+      buffers: [partials.buffer, this.normTensor.buffer, this.scale.buffer],
+      uniforms: uniforms(slots, { f: this.maxNorm }),
+      workgroups: [1],
+    });
+    return this.scale;
+  }
+
+  /** Reads the global norm of the last `computeScale` (one GPU readback; call it only when logging). */
+  async norm(): Promise<number> {
+    return (await this.normTensor.toArray())[0];
+  }
+
+  /** Reads the clipping factor of the last `computeScale` (one GPU readback). */
+  async scaleValue(): Promise<number> {
+    return (await this.scale.toArray())[0];
+  }
+
+  /** Frees the GPU buffers. */
+  dispose() {
+    this.scale.dispose();
+    this.normTensor.dispose();
+    this.#partials?.dispose();
+    this.#partials = null;
+  }
+
+  #partialBuffer(slots: number): Tensor {
+    if (this.#partials && this.#partials.numel >= slots) return this.#partials;
+    this.#partials?.dispose();
+    this.#partials = empty([slots], { memoryClass: "optimizer", name: "clip.partials" }).keep();
+    return this.#partials;
+  }
+}
