@@ -68,9 +68,16 @@ function baseOf(t: Tensor): Tensor {
  */
 export function backward(loss: Tensor, seed?: Tensor): void {
   const prevClass = setDefaultMemoryClass("scratch");
+  const prevEnabled = enabled;
+  // Backward closures call ops too; nothing they do is recorded (no higher-order gradients).
+  enabled = false;
   try {
     const grads = new Map<Tensor, Tensor>();
-    grads.set(baseOf(loss), seed ?? ones(loss.shape));
+    // Gradient tensors stored under more than one key (an add passes dy to both
+    // inputs): they are copied before an in-place accumulation and never freed early.
+    const shared = new Set<Tensor>();
+    const seedGrad = seed ?? ones(loss.shape);
+    grads.set(baseOf(loss), seedGrad);
 
     for (let k = tape.length - 1; k >= 0; k--) {
       const node = tape[k];
@@ -78,23 +85,30 @@ export function backward(loss: Tensor, seed?: Tensor): void {
       const dy = grads.get(out);
       if (!dy) continue;
       grads.delete(out);
-      const dxs = node.backward(
-        dy.shape.join() === node.output.shape.join() ? dy : dy.reshape([...node.output.shape]),
-      );
+      const dyShaped = dy.shape.join() === node.output.shape.join()
+        ? dy
+        : dy.reshape([...node.output.shape]);
+      const dxs = node.backward(dyShaped);
+      const handed = new Set<Tensor>();
       node.inputs.forEach((x, i) => {
         const dx = dxs[i];
         if (!dx || !x.requiresGrad) return;
-        accumulate(grads, x, dx);
+        const base = baseOf(dx);
+        if (base === dy || handed.has(base)) shared.add(base);
+        handed.add(base);
+        accumulate(grads, shared, x, dx);
       });
-      if (dy !== seed) dy.dispose();
+      const stillUsed = [...grads.values()].some((g) => baseOf(g) === dy);
+      if (dy !== seedGrad && !stillUsed && !shared.has(dy)) dy.dispose();
     }
   } finally {
     tape.length = 0;
+    enabled = prevEnabled;
     setDefaultMemoryClass(prevClass);
   }
 }
 
-function accumulate(grads: Map<Tensor, Tensor>, x: Tensor, dx: Tensor) {
+function accumulate(grads: Map<Tensor, Tensor>, shared: Set<Tensor>, x: Tensor, dx: Tensor) {
   const base = baseOf(x);
   const g = dx.numel === base.numel && dx.shape.join() !== base.shape.join()
     ? dx.reshape([...base.shape])
@@ -109,8 +123,18 @@ function accumulate(grads: Map<Tensor, Tensor>, x: Tensor, dx: Tensor) {
     return;
   }
   const prev = grads.get(base);
-  if (prev) addInto(prev, g);
-  else grads.set(base, g);
+  if (!prev) {
+    grads.set(base, g);
+    return;
+  }
+  if (shared.has(baseOf(prev)) || baseOf(prev) === baseOf(g)) {
+    const sum = zeros(prev.shape);
+    addInto(sum, prev);
+    addInto(sum, g);
+    grads.set(base, sum);
+  } else {
+    addInto(prev, g);
+  }
 }
 
 function ones(shape: readonly number[]): Tensor {

@@ -344,6 +344,8 @@ export function fromArray(
 
 /** Writes bytes into a buffer through the queue, padding the tail to 4 bytes. */
 export function writeBytes(buffer: GPUBuffer, offset: number, bytes: Uint8Array<ArrayBuffer>) {
+  // Deno 2.9.6 aborts the process on a zero-byte writeBuffer.
+  if (bytes.byteLength === 0) return;
   const g = gpu();
   // Queue writes are ordered against submissions, so pending recorded work must
   // be submitted first or it would see the new contents.
