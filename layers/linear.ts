@@ -46,6 +46,11 @@ export interface LinearOptions {
   seed: number;
   /** Standard deviation of W's normal init; default Kaiming-uniform like torch.nn.Linear. */
   initStd?: number;
+  /**
+   * Inside a model the rank is validated for the whole model, and a linear too
+   * small for it stays full instead of raising. Default false.
+   */
+  fallbackToFull?: boolean;
 }
 
 /** A linear layer under one training method. */
@@ -90,7 +95,9 @@ export function checkRank(method: Method, rank: number, n: number, m: number, na
 export function createLinear(opts: LinearOptions): Linear {
   const n = opts.outFeatures;
   const m = opts.inFeatures;
-  checkRank(opts.method, opts.rank, n, m, opts.name);
+  const tooSmall = opts.fallbackToFull && Number.isInteger(opts.rank) &&
+    opts.rank > Math.min(n, m);
+  if (!tooSmall) checkRank(opts.method, opts.rank, n, m, opts.name);
   const method = opts.method === "full" || wrapsLinear(opts.method, n, m, opts.rank)
     ? opts.method
     : "full";

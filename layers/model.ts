@@ -105,6 +105,7 @@ export class CausalLM {
           bias,
           dtype,
           seed: seed * 1_000_003 + i * 16 + k++,
+          fallbackToFull: true,
         });
       this.blocks.push({
         inputNorm: olmo ? null : ones(C, `${prefix}.input_layernorm.weight`),
@@ -151,6 +152,14 @@ export class CausalLM {
   /** Parameters that receive gradients. */
   trainable(): NamedParam[] {
     return this.parameters().filter((p) => p.tensor.requiresGrad);
+  }
+
+  /** Frees every parameter and gradient buffer; the model must not be used afterwards. */
+  dispose(): void {
+    for (const p of this.parameters()) {
+      p.tensor.grad?.dispose();
+      p.tensor.dispose();
+    }
   }
 
   /** Logits [B·T, V] for token ids [B, T] (an Int32Array, or a tensor from fromInt32). */

@@ -226,8 +226,16 @@ export class Trainer {
     return { ...ledger.peak, total: ledger.peakTotal };
   }
 
+  /** Stops the loaders' prefetching. */
   close() {
     this.loader.close();
     this.valLoader?.close();
+  }
+
+  /** Frees the model and optimizer state on the GPU (after `close`). */
+  dispose() {
+    this.optimizer.dispose();
+    this.clip?.dispose();
+    this.model.dispose();
   }
 }

@@ -1,0 +1,760 @@
+// GEMM: C = alpha · op(A) · op(B) + beta · C (+ bias), the hot path of
+// training, plus the `matmul` and `linear` ops built on it.
+//
+// Register-tiled kernels: each invocation accumulates a tileM × tileN block
+// of C in registers and reads A and B straight from storage, four k at a time
+// as vec4 loads when shapes and offsets are multiples of 4 and one k at a time
+// otherwise. There is no workgroup memory. On Mesa llvmpipe 22.3 (2 cores,
+// 256-bit AVX2) a 16×16 workgroup-memory tile ran at 0.5 GFLOP/s and this
+// kernel at ~30 (`deno run -A core/gemm_bench.ts`, 1024³ f32). Barriers there
+// run as coroutine switches, and every storage or workgroup load is a scalar
+// loop over the SIMD lanes (gallivm lp_bld_nir_soa.c, emit_load_mem). So on
+// CPU adapters speed comes from large per-invocation tiles, which raise the
+// FMAs per load. `gemmConfig` sets the tile sizes per adapter.
+//
+// Operands may be f32, bf16 or f16 (packed two per u32 word); C is f32.
+// Operands larger than one storage binding are split into blocks along M, N
+// and K, accumulating over K blocks with beta = 1.
+
+import { record } from "../autograd.ts";
+import { type DType, empty, gpu, ShapeError, type Tensor } from "../tensor.ts";
+import { storage, uniforms, window, windowElements } from "../wgsl.ts";
+import { sumRows } from "./elementwise.ts";
+
+/** Workgroup shape and register tile of the GEMM kernel. */
+export interface GemmConfig {
+  /** Invocations per workgroup along N. */
+  workgroupX: number;
+  /** Invocations per workgroup along M. */
+  workgroupY: number;
+  /** Rows of C per invocation (a power of two). */
+  tileM: number;
+  /** Columns of C per invocation (a power of two, at least 4). */
+  tileN: number;
+}
+
+let override: GemmConfig | null = null;
+
+/** Forces a kernel configuration (tests and benchmarks); `null` restores the automatic choice. */
+export function setGemmConfig(config: GemmConfig | null): void {
+  override = config;
+}
+
+/**
+ * Returns the kernel configuration for the current adapter.
+ *
+ * Fallback (CPU) adapters such as llvmpipe run one workgroup as SIMD lanes on
+ * one core, so the workgroup is one SIMD width of invocations. Each invocation
+ * takes a 16×16 tile: its 64 vec4 accumulators spill to L1, yet on llvmpipe it
+ * ran faster than 8×8 or 8×16 tiles because it needs fewer loads per FMA. On GPUs each
+ * invocation takes 4×4 (16 accumulator registers) and a workgroup of up to
+ * 256 invocations, capped by `maxComputeInvocationsPerWorkgroup`, covers 64×64
+ * of C so that neighbouring invocations share A and B rows in cache.
+ */
+export function gemmConfig(): GemmConfig {
+  if (override) return override;
+  const g = gpu();
+  const info = g.adapterInfo as GPUAdapterInfo & {
+    isFallbackAdapter?: boolean;
+    subgroupMaxSize?: number;
+  };
+  if (info.isFallbackAdapter) {
+    return { workgroupX: info.subgroupMaxSize || 8, workgroupY: 1, tileM: 16, tileN: 16 };
+  }
+  // NOTE: the GPU configuration is checked for correctness on llvmpipe only;
+  // its speed on discrete GPUs is unmeasured.
+  const side = Math.floor(Math.sqrt(Math.min(256, g.limits.maxComputeInvocationsPerWorkgroup)));
+  return { workgroupX: side, workgroupY: side, tileM: 4, tileN: 4 };
+}
+
+/** Options of `gemm`. */
+export interface GemmOptions {
+  /** A is stored [.., K, M] and used transposed. */
+  transA?: boolean;
+  /** B is stored [N, K] (PyTorch weight layout) and used transposed. */
+  transB?: boolean;
+  /** Default 1. */
+  alpha?: number;
+  /** Default 0, which never reads C, so C may hold garbage or NaN. */
+  beta?: number;
+  /** A length-N vector added to every row of C (not scaled by alpha). */
+  bias?: Tensor;
+}
+
+// One GEMM problem in element units. A batched operand advances by its stride
+// per batch; a stride of 0 shares the operand across the batch.
+interface Problem {
+  batch: number;
+  m: number;
+  n: number;
+  k: number;
+  transA: boolean;
+  transB: boolean;
+  lda: number;
+  ldb: number;
+  ldc: number;
+  strideA: number;
+  strideB: number;
+  strideC: number;
+}
+
+function dims(t: Tensor): { batch: number; rows: number; cols: number; batchShape: number[] } {
+  const s = t.shape;
+  const batchShape = s.slice(0, -2);
+  return {
+    batch: batchShape.reduce((p, q) => p * q, 1),
+    rows: s[s.length - 2],
+    cols: s[s.length - 1],
+    batchShape,
+  };
+}
+
+function describe(a: Tensor, b: Tensor, transA: boolean, transB: boolean): string {
+  return `${a.shapeString}${transA ? "ᵀ" : ""} @ ${b.shapeString}${transB ? "ᵀ" : ""}`;
+}
+
+// Checks shapes and returns M, N, K and the batch shape of op(A) · op(B).
+function checkShapes(op: string, a: Tensor, b: Tensor, transA: boolean, transB: boolean) {
+  if (a.shape.length < 2 || b.shape.length < 2) {
+    throw new ShapeError(
+      `${op}: operands need at least 2 dimensions: ${describe(a, b, transA, transB)}`,
+    );
+  }
+  const da = dims(a);
+  const db = dims(b);
+  const [m, ka] = transA ? [da.cols, da.rows] : [da.rows, da.cols];
+  const [kb, n] = transB ? [db.cols, db.rows] : [db.rows, db.cols];
+  if (ka !== kb) {
+    throw new ShapeError(`${op}: inner dimensions differ: ${describe(a, b, transA, transB)}`);
+  }
+  const aBatched = a.shape.length > 2;
+  const bBatched = b.shape.length > 2;
+  if (aBatched && bBatched && da.batchShape.join() !== db.batchShape.join()) {
+    throw new ShapeError(
+      `${op}: batch dimensions differ: ${
+        describe(a, b, transA, transB)
+      }; a batched B needs A's batch dimensions`,
+    );
+  }
+  const batchShape = aBatched ? da.batchShape : db.batchShape;
+  return { m, n, k: ka, batchShape, aBatched, bBatched };
+}
+
+/**
+ * Computes C = alpha · op(A) · op(B) + beta · C (+ bias) into an existing f32
+ * tensor, recording no autograd.
+ *
+ * A is [.., M, K] ([.., K, M] with transA), B is [K, N] ([N, K] with transB);
+ * each may be 2-D (shared across the batch) or carry the batch dimensions. C
+ * is [.., M, N] with the batch dimensions, or [M, N] to sum over the batch
+ * (a shared weight's gradient).
+ */
+export function gemm(c: Tensor, a: Tensor, b: Tensor, opts: GemmOptions = {}): void {
+  const transA = opts.transA ?? false;
+  const transB = opts.transB ?? false;
+  const { m, n, k, batchShape, aBatched, bBatched } = checkShapes("gemm", a, b, transA, transB);
+  const batch = batchShape.reduce((p, q) => p * q, 1);
+  const expected = [...batchShape, m, n];
+  const reduce = c.shape.length === 2 && batchShape.length > 0;
+  if (c.dtype !== "f32") {
+    throw new ShapeError(`gemm: output must be f32, got ${c.dtype} ${c.shapeString}`);
+  }
+  if (!reduce && c.shape.join() !== expected.join()) {
+    throw new ShapeError(
+      `gemm: output ${c.shapeString} does not match ${describe(a, b, transA, transB)} = ${
+        expected.join("x")
+      }`,
+    );
+  }
+  if (reduce && (c.shape[0] !== m || c.shape[1] !== n)) {
+    throw new ShapeError(
+      `gemm: output ${c.shapeString} does not match ${
+        describe(a, b, transA, transB)
+      } summed over the batch = ${m}x${n}`,
+    );
+  }
+  if (opts.bias && opts.bias.numel !== n) {
+    throw new ShapeError(`gemm: bias ${opts.bias.shapeString} does not have ${n} elements`);
+  }
+
+  const p: Problem = {
+    batch,
+    m,
+    n,
+    k,
+    transA,
+    transB,
+    lda: a.shape[a.shape.length - 1],
+    ldb: b.shape[b.shape.length - 1],
+    ldc: n,
+    strideA: aBatched ? m * k : 0,
+    strideB: bBatched ? k * n : 0,
+    strideC: reduce ? 0 : m * n,
+  };
+  const alpha = opts.alpha ?? 1;
+  const beta = opts.beta ?? 0;
+  const run: Run = {
+    a,
+    b,
+    c,
+    bias: opts.bias ?? null,
+    alpha,
+    label: describe(a, b, transA, transB),
+  };
+
+  if (!reduce || batch === 1) {
+    dispatchBatches(run, p, 0, batch, beta, true);
+    return;
+  }
+
+  // Summing over the batch. When both operands are stored with K as their
+  // row dimension, the batch folds into K: [batch·K, M]ᵀ @ [batch·K, N].
+  if (transA && !transB && aBatched && bBatched) {
+    dispatchBatches(
+      run,
+      { ...p, batch: 1, k: batch * k, strideA: 0, strideB: 0 },
+      0,
+      1,
+      beta,
+      true,
+    );
+    return;
+  }
+  for (let z = 0; z < batch; z++) {
+    dispatchBatches(run, { ...p, strideC: 0 }, z, 1, z === 0 ? beta : 1, z === 0);
+  }
+}
+
+interface Run {
+  a: Tensor;
+  b: Tensor;
+  c: Tensor;
+  bias: Tensor | null;
+  alpha: number;
+  label: string;
+}
+
+// Elements of each operand that one block of mb × nb × kb touches, from its first to its last.
+function spans(p: Problem, mb: number, nb: number, kb: number) {
+  return {
+    a: p.transA ? (kb - 1) * p.lda + mb : (mb - 1) * p.lda + kb,
+    b: p.transB ? (nb - 1) * p.ldb + kb : (kb - 1) * p.ldb + nb,
+    c: (mb - 1) * p.ldc + nb,
+  };
+}
+
+// Dispatches batches [z0, z0 + count): in one dispatch when all operands fit
+// in a binding each, else batch by batch in blocks.
+function dispatchBatches(
+  run: Run,
+  p: Problem,
+  z0: number,
+  count: number,
+  beta: number,
+  withBias: boolean,
+) {
+  if (count === 0 || p.m === 0 || p.n === 0) return;
+  const limA = windowElements(run.a.dtype);
+  const limB = windowElements(run.b.dtype);
+  const limC = windowElements("f32");
+  const full = spans(p, p.m, p.n, p.k);
+  const maxZ = gpu().limits.maxComputeWorkgroupsPerDimension;
+  const fits = (z: number) =>
+    (z - 1) * p.strideA + full.a <= limA && (z - 1) * p.strideB + full.b <= limB &&
+    (z - 1) * p.strideC + full.c <= limC;
+
+  if (count <= maxZ && fits(count)) {
+    dispatchBlock(run, p, {
+      z: count,
+      aStart: z0 * p.strideA,
+      bStart: z0 * p.strideB,
+      cStart: z0 * p.strideC,
+      m0: 0,
+      n0: 0,
+      k0: 0,
+      mb: p.m,
+      nb: p.n,
+      kb: p.k,
+      beta,
+      bias: withBias,
+    });
+    return;
+  }
+  if (count > 1) {
+    const step = fits(1) ? largestFittingBatch(fits, Math.min(count, maxZ)) : 1;
+    for (let z = z0; z < z0 + count; z += step) {
+      dispatchBatches(run, p, z, Math.min(step, z0 + count - z), beta, withBias);
+    }
+    return;
+  }
+
+  const [mb, nb, kb] = blockSizes(p, limA, limB, limC);
+  for (let m0 = 0; m0 < p.m; m0 += mb) {
+    for (let n0 = 0; n0 < p.n; n0 += nb) {
+      for (let k0 = 0; k0 < Math.max(p.k, 1); k0 += Math.max(kb, 1)) {
+        dispatchBlock(run, p, {
+          z: 1,
+          aStart: z0 * p.strideA,
+          bStart: z0 * p.strideB,
+          cStart: z0 * p.strideC,
+          m0,
+          n0,
+          k0,
+          mb: Math.min(mb, p.m - m0),
+          nb: Math.min(nb, p.n - n0),
+          kb: Math.min(kb, p.k - k0),
+          beta: k0 === 0 ? beta : 1,
+          bias: withBias && k0 === 0,
+        });
+      }
+    }
+  }
+}
+
+function largestFittingBatch(fits: (z: number) => boolean, max: number): number {
+  let lo = 1;
+  let hi = max;
+  while (lo < hi) {
+    const mid = Math.ceil((lo + hi) / 2);
+    if (fits(mid)) lo = mid;
+    else hi = mid - 1;
+  }
+  return lo;
+}
+
+// Block sizes (multiples of 4 where the dimension allows, so blocks keep the
+// vec4 path) whose spans fit the binding limits. Each step halves the outer
+// (row) dimension of an operand that does not fit, and its inner dimension
+// once the outer one is down to 4.
+function blockSizes(
+  p: Problem,
+  limA: number,
+  limB: number,
+  limC: number,
+): [number, number, number] {
+  let mb = p.m;
+  let nb = p.n;
+  let kb = p.k;
+  const halve = (x: number) => (x <= 4 ? x : Math.max(4, Math.ceil(x / 8) * 4));
+  for (;;) {
+    const s = spans(p, mb, nb, kb);
+    if (s.a <= limA && s.b <= limB && s.c <= limC) return [mb, nb, kb];
+    const before = [mb, nb, kb].join();
+    if (s.c > limC) {
+      if (mb > 4) mb = halve(mb);
+      else nb = halve(nb);
+    } else if (s.a > limA) {
+      const outerIsK = p.transA;
+      if (outerIsK && kb > 4) kb = halve(kb);
+      else if (outerIsK) mb = halve(mb);
+      else if (mb > 4) mb = halve(mb);
+      else kb = halve(kb);
+    } else {
+      const outerIsN = p.transB;
+      if (outerIsN && nb > 4) nb = halve(nb);
+      else if (outerIsN) kb = halve(kb);
+      else if (kb > 4) kb = halve(kb);
+      else nb = halve(nb);
+    }
+    if ([mb, nb, kb].join() === before) {
+      throw new ShapeError(
+        `gemm: cannot split ${p.m}x${p.k} @ ${p.k}x${p.n} into blocks that fit a ${gpu().bindingLimit}-byte binding`,
+      );
+    }
+  }
+}
+
+interface Block {
+  z: number;
+  aStart: number;
+  bStart: number;
+  cStart: number;
+  m0: number;
+  n0: number;
+  k0: number;
+  mb: number;
+  nb: number;
+  kb: number;
+  beta: number;
+  bias: boolean;
+}
+
+function dispatchBlock(run: Run, p: Problem, blk: Block) {
+  const { a, b, c } = run;
+  const originA = blk.aStart + (p.transA ? blk.k0 * p.lda + blk.m0 : blk.m0 * p.lda + blk.k0);
+  const originB = blk.bStart + (p.transB ? blk.n0 * p.ldb + blk.k0 : blk.k0 * p.ldb + blk.n0);
+  const originC = blk.cStart + blk.m0 * p.ldc + blk.n0;
+  const s = spans(p, blk.mb, blk.nb, Math.max(blk.kb, 1));
+  const wa = window(a, originA, (blk.z - 1) * p.strideA + s.a);
+  const wb = window(b, originB, (blk.z - 1) * p.strideB + s.b);
+  const wc = window(c, originC, (blk.z - 1) * p.strideC + s.c);
+  const bias = blk.bias ? run.bias : null;
+  const wbias = bias ? window(bias, blk.n0, blk.nb) : null;
+
+  // vec4 loads need every vector dimension, leading dimension, stride and
+  // offset to be a multiple of 4 elements.
+  const multiples = [
+    blk.nb,
+    blk.kb,
+    p.lda,
+    p.ldb,
+    p.ldc,
+    p.strideA,
+    p.strideB,
+    p.strideC,
+    wa.offset,
+    wb.offset,
+    wc.offset,
+  ];
+  if (p.transA) multiples.push(blk.mb);
+  const vec = multiples.every((x) => x % 4 === 0);
+
+  const cfg = gemmConfig();
+  const tileM = Math.min(cfg.tileM, Math.max(vec && p.transA ? 4 : 1, nextPow2(blk.mb)));
+  const tileN = Math.min(cfg.tileN, Math.max(4, nextPow2(blk.nb)));
+  const spec: KernelSpec = {
+    ...cfg,
+    tileM,
+    tileN,
+    transA: p.transA,
+    transB: p.transB,
+    dtypeA: a.dtype,
+    dtypeB: b.dtype,
+    vec,
+    beta: blk.beta !== 0,
+    bias: bias ? bias.dtype : null,
+  };
+  const buffers: GPUBufferBinding[] = [wa.binding, wb.binding, wc.binding];
+  if (wbias) buffers.push(wbias.binding);
+  gpu().dispatch({
+    label: `gemm(${
+      blk.z > 1 ? `${blk.z}x ` : ""
+    }${run.label}, block ${blk.mb}x${blk.kb} @ ${blk.kb}x${blk.nb})`,
+    code: kernel(spec),
+    buffers,
+    uniforms: uniforms(
+      blk.mb,
+      blk.nb,
+      blk.kb,
+      p.lda,
+      p.ldb,
+      p.ldc,
+      wa.offset,
+      wb.offset,
+      wc.offset,
+      p.strideA,
+      p.strideB,
+      p.strideC,
+      wbias ? wbias.offset : 0,
+      { f: run.alpha },
+      { f: blk.beta },
+    ),
+    workgroups: [
+      Math.ceil(blk.nb / (tileN * cfg.workgroupX)),
+      Math.ceil(blk.mb / (tileM * cfg.workgroupY)),
+      blk.z,
+    ],
+  });
+}
+
+function nextPow2(x: number): number {
+  return 2 ** Math.ceil(Math.log2(Math.max(1, x)));
+}
+
+interface KernelSpec extends GemmConfig {
+  transA: boolean;
+  transB: boolean;
+  dtypeA: DType;
+  dtypeB: DType;
+  /** vec4 loads four k (or four m/n) at a time; otherwise scalar loads, one k per step. */
+  vec: boolean;
+  /** Reads C (beta ≠ 0). */
+  beta: boolean;
+  bias: DType | null;
+}
+
+const kernels = new Map<string, string>();
+
+function kernel(spec: KernelSpec): string {
+  const key = JSON.stringify(spec);
+  let code = kernels.get(key);
+  if (!code) {
+    code = spec.vec ? vecKernel(spec) : scalarKernel(spec);
+    kernels.set(key, code);
+  }
+  return code;
+}
+
+// Uniform struct shared by both kernels; offsets, strides and leading
+// dimensions are in elements.
+const PARAMS = `
+struct P {
+  m: u32, n: u32, k: u32,
+  lda: u32, ldb: u32, ldc: u32,
+  offA: u32, offB: u32, offC: u32,
+  strideA: u32, strideB: u32, strideC: u32,
+  offBias: u32, alpha: f32, beta: f32,
+}
+@group(0) @binding(0) var<uniform> p: P;`;
+
+// Declares binding `binding` as `name` with `lv_<name>(e) -> vec4<f32>`, the
+// four elements from element e (a multiple of 4).
+function vecStorage(binding: number, name: string, dtype: DType): string {
+  if (dtype === "f32") {
+    return `@group(0) @binding(${binding}) var<storage, read> ${name}: array<vec4<f32>>;
+fn lv_${name}(e: u32) -> vec4<f32> { return ${name}[e >> 2u]; }`;
+  }
+  const unpack = dtype === "bf16"
+    ? `vec4<f32>(bitcast<f32>(w.x << 16u), bitcast<f32>(w.x & 0xffff0000u), bitcast<f32>(w.y << 16u), bitcast<f32>(w.y & 0xffff0000u))`
+    : `vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y))`;
+  return `@group(0) @binding(${binding}) var<storage, read> ${name}: array<vec2<u32>>;
+fn lv_${name}(e: u32) -> vec4<f32> {
+  let w = ${name}[e >> 2u];
+  return ${unpack};
+}`;
+}
+
+function header(s: KernelSpec): string {
+  return `@compute @workgroup_size(${s.workgroupX}, ${s.workgroupY})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+  let row0 = (wid.y * ${s.workgroupY}u + lid.y) * ${s.tileM}u;
+  let col0 = (wid.x * ${s.workgroupX}u + lid.x) * ${s.tileN}u;
+  let a0 = p.offA + wid.z * p.strideA;
+  let b0 = p.offB + wid.z * p.strideB;
+  let c0 = p.offC + wid.z * p.strideC;`;
+}
+
+function lines(n: number, f: (i: number) => string): string {
+  return Array.from({ length: n }, (_, i) => f(i)).join("\n");
+}
+
+// Accumulators acc<i>_<jv>: row i, columns 4jv..4jv+3 of the tile.
+function accumulators(s: KernelSpec): string {
+  const nv = s.tileN / 4;
+  return lines(s.tileM * nv, (t) => `  var acc${Math.floor(t / nv)}_${t % nv} = vec4<f32>(0.0);`);
+}
+
+// Kernel for vec4-aligned problems. Per step of four k it loads tileM + tileN
+// vec4s and does tileM · tileN vec4 FMAs.
+function vecKernel(s: KernelSpec): string {
+  const tm = s.tileM;
+  const nv = s.tileN / 4;
+  const out: string[] = [PARAMS, vecStorage(1, "A", s.dtypeA), vecStorage(2, "B", s.dtypeB)];
+  out.push(`@group(0) @binding(3) var<storage, read_write> C: array<vec4<f32>>;`);
+  if (s.bias) out.push(storage(4, "Bias", s.bias));
+  out.push(header(s));
+
+  // Rows and columns past the edge are not clamped: WebGPU bounds every
+  // storage access, and their accumulators are never stored.
+  out.push(`  let ra = a0 + ${s.transA ? "row0" : "row0 * p.lda"};`);
+  out.push(`  let rb = b0 + ${s.transB ? "col0 * p.ldb" : "col0"};`);
+  out.push(accumulators(s));
+  out.push(`  for (var k = 0u; k < p.k; k += 4u) {`);
+
+  // B first, then A one row (or one vec4 of rows) at a time, each consumed by
+  // its FMAs right away. Every load is a per-lane loop on llvmpipe that LLVM
+  // cannot schedule across, so this order keeps fewer values live.
+  // bv<u>_<jv> is the vec4 of op(B) at (k + u, 4jv).
+  if (!s.transB) {
+    out.push(lines(4 * nv, (t) => {
+      const u = Math.floor(t / nv);
+      const j = t % nv;
+      return `    let bv${u}_${j} = lv_B(rb + (k + ${u}u) * p.ldb + ${4 * j}u);`;
+    }));
+  } else {
+    out.push(lines(s.tileN, (j) => `    let b${j} = lv_B(rb + k + ${j}u * p.ldb);`));
+    out.push(lines(4 * nv, (t) => {
+      const u = Math.floor(t / nv);
+      const jv = t % nv;
+      const parts = [0, 1, 2, 3].map((c) => `b${4 * jv + c}[${u}]`).join(", ");
+      return `    let bv${u}_${jv} = vec4<f32>(${parts});`;
+    }));
+  }
+  const fmas = (i: number, a: (u: number) => string) =>
+    lines(4 * nv, (t) => {
+      const u = Math.floor(t / nv);
+      const jv = t % nv;
+      return `    acc${i}_${jv} = fma(vec4<f32>(${a(u)}), bv${u}_${jv}, acc${i}_${jv});`;
+    });
+  if (!s.transA) {
+    // a<i> contains op(A)(i, k..k+3).
+    for (let i = 0; i < tm; i++) {
+      out.push(`    let a${i} = lv_A(ra + k + ${i}u * p.lda);`);
+      out.push(fmas(i, (u) => `a${i}[${u}]`));
+    }
+  } else {
+    // a<u>_<iv> contains op(A)(4iv..4iv+3, k + u).
+    for (let iv = 0; iv < tm / 4; iv++) {
+      out.push(
+        lines(4, (u) => `    let a${u}_${iv} = lv_A(ra + (k + ${u}u) * p.lda + ${4 * iv}u);`),
+      );
+      for (let r = 0; r < 4; r++) out.push(fmas(4 * iv + r, (u) => `a${u}_${iv}[${r}]`));
+    }
+  }
+  out.push(`  }`);
+
+  for (let jv = 0; jv < nv; jv++) {
+    const col = `col0 + ${4 * jv}u`;
+    const bias = s.bias
+      ? ` + vec4<f32>(${[0, 1, 2, 3].map((c) => `ld_Bias(p.offBias + ${col} + ${c}u)`).join(", ")})`
+      : "";
+    out.push(`  if (${col} < p.n) {`);
+    for (let i = 0; i < tm; i++) {
+      const idx = `(c0 + (row0 + ${i}u) * p.ldc + ${col}) >> 2u`;
+      const old = s.beta ? ` + p.beta * C[${idx}]` : "";
+      out.push(`    if (row0 + ${i}u < p.m) { C[${idx}] = p.alpha * acc${i}_${jv}${bias}${old}; }`);
+    }
+    out.push(`  }`);
+  }
+  out.push(`}`);
+  return out.join("\n");
+}
+
+// Kernel for any shape and offset: scalar loads, one k per step, and a bounds
+// check per stored element.
+function scalarKernel(s: KernelSpec): string {
+  const tm = s.tileM;
+  const tn = s.tileN;
+  const nv = tn / 4;
+  const out: string[] = [PARAMS, storage(1, "A", s.dtypeA), storage(2, "B", s.dtypeB)];
+  out.push(`@group(0) @binding(3) var<storage, read_write> C: array<f32>;`);
+  if (s.bias) out.push(storage(4, "Bias", s.bias));
+  out.push(header(s));
+
+  if (!s.transA) {
+    out.push(lines(tm, (i) => `  let ra${i} = a0 + min(row0 + ${i}u, p.m - 1u) * p.lda;`));
+  } else out.push(lines(tm, (i) => `  let ca${i} = a0 + min(row0 + ${i}u, p.m - 1u);`));
+  if (s.transB) {
+    out.push(lines(tn, (j) => `  let rb${j} = b0 + min(col0 + ${j}u, p.n - 1u) * p.ldb;`));
+  } else out.push(lines(tn, (j) => `  let cb${j} = b0 + min(col0 + ${j}u, p.n - 1u);`));
+  out.push(accumulators(s));
+  out.push(`  for (var k = 0u; k < p.k; k++) {`);
+  out.push(
+    lines(
+      tm,
+      (i) =>
+        s.transA
+          ? `    let a${i} = ld_A(ca${i} + k * p.lda);`
+          : `    let a${i} = ld_A(ra${i} + k);`,
+    ),
+  );
+  out.push(
+    lines(
+      tn,
+      (j) =>
+        s.transB
+          ? `    let b${j} = ld_B(rb${j} + k);`
+          : `    let b${j} = ld_B(cb${j} + k * p.ldb);`,
+    ),
+  );
+  for (let jv = 0; jv < nv; jv++) {
+    out.push(
+      `    let bv${jv} = vec4<f32>(b${4 * jv}, b${4 * jv + 1}, b${4 * jv + 2}, b${4 * jv + 3});`,
+    );
+  }
+  out.push(lines(tm * nv, (t) => {
+    const i = Math.floor(t / nv);
+    const jv = t % nv;
+    return `    acc${i}_${jv} = fma(vec4<f32>(a${i}), bv${jv}, acc${i}_${jv});`;
+  }));
+  out.push(`  }`);
+
+  for (let i = 0; i < tm; i++) {
+    out.push(`  if (row0 + ${i}u < p.m) {`);
+    for (let j = 0; j < tn; j++) {
+      const col = `col0 + ${j}u`;
+      const idx = `c0 + (row0 + ${i}u) * p.ldc + ${col}`;
+      const bias = s.bias ? ` + ld_Bias(p.offBias + ${col})` : "";
+      const old = s.beta ? ` + p.beta * C[${idx}]` : "";
+      out.push(
+        `    if (${col} < p.n) { C[${idx}] = p.alpha * acc${i}_${j >> 2}[${j & 3}]${bias}${old}; }`,
+      );
+    }
+    out.push(`  }`);
+  }
+  out.push(`}`);
+  return out.join("\n");
+}
+
+/** Options of `matmul`. */
+export interface MatmulOptions {
+  /** A is stored [.., K, M]. */
+  transA?: boolean;
+  /** B is stored [N, K]. */
+  transB?: boolean;
+}
+
+/**
+ * Returns op(A) · op(B) as f32: A [.., M, K] ([.., K, M] with transA), B
+ * [K, N] ([N, K] with transB), either 2-D or with the other's batch
+ * dimensions. Gradient kernels run only for inputs that require a gradient.
+ */
+export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
+  const transA = opts.transA ?? false;
+  const transB = opts.transB ?? false;
+  const { m, n, batchShape } = checkShapes("matmul", a, b, transA, transB);
+  const out = empty([...batchShape, m, n]);
+  gemm(out, a, b, { transA, transB });
+  record("matmul", out, [a, b], (dy) => matmulGrads(a, b, transA, transB, dy));
+  return out;
+}
+
+// dA and dB of C = op(A) · op(B), each null when its input is frozen. A 2-D
+// operand of a batched product gets the gradient summed over the batch. dA is
+// allocated with `aShape` (the caller's view of A may be reshaped).
+function matmulGrads(
+  a: Tensor,
+  b: Tensor,
+  transA: boolean,
+  transB: boolean,
+  dy: Tensor,
+  aShape: readonly number[] = a.shape,
+) {
+  let da: Tensor | null = null;
+  let db: Tensor | null = null;
+  if (a.requiresGrad) {
+    da = empty(aShape);
+    const target = da.reshape([...a.shape]);
+    // dA = dC · op(B)ᵀ, stored transposed when A is: dAᵀ = op(B) · dCᵀ.
+    if (transA) gemm(target, b, dy, { transA: transB, transB: true });
+    else gemm(target, dy, b, { transB: !transB });
+  }
+  if (b.requiresGrad) {
+    db = empty(b.shape);
+    // dB = op(A)ᵀ · dC, stored transposed when B is: dBᵀ = dCᵀ · op(A).
+    if (transB) gemm(db, dy, a, { transA: true, transB: transA });
+    else gemm(db, a, dy, { transA: !transA });
+  }
+  return [da, db];
+}
+
+/**
+ * Returns x Wᵀ + bias for x [.., in], W [out, in] (PyTorch layout) and bias
+ * [out], with the bias added in the GEMM's output step.
+ */
+export function linear(x: Tensor, w: Tensor, bias?: Tensor): Tensor {
+  if (x.shape.length < 1 || w.shape.length !== 2) {
+    throw new ShapeError(
+      `linear: expected x [.., in] and a 2-D weight [out, in], got ${x.shapeString} and ${w.shapeString}`,
+    );
+  }
+  const inFeatures = x.shape[x.shape.length - 1];
+  if (w.shape[1] !== inFeatures) {
+    throw new ShapeError(
+      `linear: inner dimensions differ: ${x.shapeString} @ ${w.shapeString}ᵀ (weight is [out, in])`,
+    );
+  }
+  const outFeatures = w.shape[0];
+  const rows = x.numel / Math.max(1, inFeatures);
+  const x2 = x.reshape([rows, inFeatures]);
+  const out = empty([...x.shape.slice(0, -1), outFeatures]);
+  gemm(out.reshape([rows, outFeatures]), x2, w, { transB: true, bias });
+
+  const inputs = bias ? [x, w, bias] : [x, w];
+  record("linear", out, inputs, (dy) => {
+    const [dx, dw] = matmulGrads(x2, w, false, true, dy.reshape([rows, outFeatures]), x.shape);
+    const dbias = bias?.requiresGrad ? sumRows(dy, outFeatures) : null;
+    return [dx, dw, dbias];
+  });
+  return out;
+}

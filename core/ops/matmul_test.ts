@@ -1,0 +1,400 @@
+import assert from "node:assert/strict";
+import { gemm, type GemmConfig, linear, matmul, setGemmConfig } from "./matmul.ts";
+import { backward } from "../autograd.ts";
+import {
+  bf16ToF32,
+  type DType,
+  empty,
+  f16ToF32,
+  f32ToBf16,
+  f32ToF16,
+  fromArray,
+  gpu,
+  initGpu,
+  ShapeError,
+  type Tensor,
+} from "../tensor.ts";
+import { checkGradients, seededArray } from "../testing.ts";
+
+await initGpu();
+
+// The configuration a GPU adapter gets, forced here so that both kernel
+// configurations run on whatever adapter the tests use.
+const GPU_CONFIG: GemmConfig = { workgroupX: 16, workgroupY: 16, tileM: 4, tileN: 4 };
+
+// (m, n, k): single elements, shapes that are no multiple of 4 (scalar
+// kernel), and multiples of 4 that are no multiple of a tile (vec4 kernel).
+const SHAPES: [number, number, number][] = [
+  [1, 1, 1],
+  [7, 13, 5],
+  [65, 33, 17],
+  [130, 70, 260],
+  [36, 20, 12],
+  [132, 68, 260],
+];
+
+/** C = op(A) op(B) in f64 for row-major A ([m, k] or [k, m]) and B ([k, n] or [n, k]). */
+function reference(
+  a: Float32Array,
+  b: Float32Array,
+  m: number,
+  n: number,
+  k: number,
+  transA = false,
+  transB = false,
+): Float64Array {
+  const c = new Float64Array(m * n);
+  for (let i = 0; i < m; i++) {
+    for (let j = 0; j < n; j++) {
+      let s = 0;
+      for (let q = 0; q < k; q++) {
+        const x = transA ? a[q * m + i] : a[i * k + q];
+        const y = transB ? b[j * k + q] : b[q * n + j];
+        s += x * y;
+      }
+      c[i * n + j] = s;
+    }
+  }
+  return c;
+}
+
+/** Largest |got − want| / (1 + |want|). */
+function maxError(got: Float32Array, want: Float64Array): number {
+  assert.equal(got.length, want.length);
+  let worst = 0;
+  for (let i = 0; i < got.length; i++) {
+    const e = Math.abs(got[i] - want[i]) / (1 + Math.abs(want[i]));
+    if (!(e <= worst)) worst = Number.isNaN(e) ? Infinity : e;
+  }
+  return worst;
+}
+
+/** Values as the GPU reads them after storing in `dtype`. */
+function rounded(x: Float32Array, dtype: DType): Float32Array {
+  if (dtype === "bf16") return x.map((v) => bf16ToF32(f32ToBf16(v)));
+  if (dtype === "f16") return x.map((v) => f16ToF32(f32ToF16(v)));
+  return x;
+}
+
+async function withConfig<T>(config: GemmConfig | null, fn: () => Promise<T>): Promise<T> {
+  setGemmConfig(config);
+  try {
+    return await fn();
+  } finally {
+    setGemmConfig(null);
+  }
+}
+
+async function withBindingLimit<T>(bytes: number, fn: () => Promise<T>): Promise<T> {
+  const g = gpu();
+  const saved = g.bindingLimit;
+  g.bindingLimit = bytes;
+  try {
+    return await fn();
+  } finally {
+    g.bindingLimit = saved;
+  }
+}
+
+Deno.test("matmul matches CPU for all transposes", async () => {
+  for (const config of [null, GPU_CONFIG]) {
+    await withConfig(config, async () => {
+      for (const [m, n, k] of SHAPES) {
+        for (const transA of [false, true]) {
+          for (const transB of [false, true]) {
+            const a = seededArray(m * k, 1);
+            const b = seededArray(k * n, 2);
+            const out = matmul(
+              fromArray(a, transA ? [k, m] : [m, k]),
+              fromArray(b, transB ? [n, k] : [k, n]),
+              { transA, transB },
+            );
+            assert.deepEqual(out.shape, [m, n]);
+            const err = maxError(await out.toArray(), reference(a, b, m, n, k, transA, transB));
+            const name = `${
+              config ? "gpu" : "auto"
+            } config ${m}x${n}x${k} transA=${transA} transB=${transB}`;
+            assert.ok(err < 1e-5, `${name}: error ${err}`);
+          }
+        }
+      }
+    });
+  }
+});
+
+Deno.test("matmul batched with shared and batched B", async () => {
+  const [m, n, k] = [9, 12, 8];
+  const batch = [2, 3];
+  for (const transA of [false, true]) {
+    for (const transB of [false, true]) {
+      for (const batchedB of [false, true]) {
+        const a = seededArray(6 * m * k, 3);
+        const b = seededArray((batchedB ? 6 : 1) * k * n, 4);
+        const bShape = transB ? [n, k] : [k, n];
+        const out = matmul(
+          fromArray(a, [...batch, ...(transA ? [k, m] : [m, k])]),
+          fromArray(b, batchedB ? [...batch, ...bShape] : bShape),
+          { transA, transB },
+        );
+        assert.deepEqual(out.shape, [...batch, m, n]);
+        const got = await out.toArray();
+        for (let z = 0; z < 6; z++) {
+          const az = a.subarray(z * m * k, (z + 1) * m * k);
+          const bz = batchedB ? b.subarray(z * k * n, (z + 1) * k * n) : b;
+          const err = maxError(
+            got.subarray(z * m * n, (z + 1) * m * n),
+            reference(az, bz, m, n, k, transA, transB),
+          );
+          assert.ok(
+            err < 1e-5,
+            `batch ${z} transA=${transA} transB=${transB} batchedB=${batchedB}: ${err}`,
+          );
+        }
+      }
+    }
+  }
+});
+
+Deno.test("matmul with 2-D A and batched B", async () => {
+  const [m, n, k] = [5, 7, 6];
+  const a = seededArray(m * k, 5);
+  const b = seededArray(3 * k * n, 6);
+  const out = matmul(fromArray(a, [m, k]), fromArray(b, [3, k, n]));
+  assert.deepEqual(out.shape, [3, m, n]);
+  const got = await out.toArray();
+  for (let z = 0; z < 3; z++) {
+    const want = reference(a, b.subarray(z * k * n, (z + 1) * k * n), m, n, k);
+    assert.ok(maxError(got.subarray(z * m * n, (z + 1) * m * n), want) < 1e-5);
+  }
+});
+
+Deno.test("matmul with bf16 and f16 operands", async () => {
+  const dtypes: DType[] = gpu().hasF16 ? ["bf16", "f16"] : ["bf16"];
+  for (const dtype of dtypes) {
+    for (const [m, n, k] of [[7, 13, 5], [36, 20, 12], [64, 48, 32]] as const) {
+      for (const transB of [false, true]) {
+        const a = seededArray(m * k, 7);
+        const b = seededArray(k * n, 8);
+        const out = matmul(
+          fromArray(a, [m, k]),
+          fromArray(b, transB ? [n, k] : [k, n], { dtype }),
+          { transB },
+        );
+        const want = reference(a, rounded(b, dtype), m, n, k, false, transB);
+        const err = maxError(await out.toArray(), want);
+        assert.ok(err < 1e-5, `${dtype} B ${m}x${n}x${k} transB=${transB}: ${err}`);
+      }
+      // A 16-bit A operand, transposed, on the vec4 and scalar paths.
+      const a = seededArray(m * k, 9);
+      const b = seededArray(k * n, 10);
+      const out = matmul(fromArray(a, [k, m], { dtype }), fromArray(b, [k, n]), { transA: true });
+      const err = maxError(await out.toArray(), reference(rounded(a, dtype), b, m, n, k, true));
+      assert.ok(err < 1e-5, `${dtype} A ${m}x${n}x${k}: ${err}`);
+    }
+  }
+});
+
+Deno.test("gemm scales and accumulates into C", async () => {
+  for (const [m, n, k] of [[7, 13, 5], [36, 20, 12]] as const) {
+    const a = seededArray(m * k, 11);
+    const b = seededArray(k * n, 12);
+    const c0 = seededArray(m * n, 13);
+    const c = fromArray(c0, [m, n]);
+    gemm(c, fromArray(a, [m, k]), fromArray(b, [k, n]), { alpha: 0.5, beta: 2 });
+    const ab = reference(a, b, m, n, k);
+    const want = ab.map((v, i) => 0.5 * v + 2 * c0[i]);
+    const err = maxError(await c.toArray(), want);
+    assert.ok(err < 1e-5, `${m}x${n}x${k}: ${err}`);
+  }
+});
+
+Deno.test("gemm with beta 0 ignores NaN in C", async () => {
+  const c = fromArray(new Float32Array(4 * 8).fill(NaN), [4, 8]);
+  const a = seededArray(4 * 4, 14);
+  const b = seededArray(4 * 8, 15);
+  gemm(c, fromArray(a, [4, 4]), fromArray(b, [4, 8]));
+  assert.ok(maxError(await c.toArray(), reference(a, b, 4, 8, 4)) < 1e-5);
+});
+
+Deno.test("gemm sums over the batch into 2-D C", async () => {
+  const [m, n, k] = [6, 8, 4];
+  for (const transA of [false, true]) {
+    const a = seededArray(3 * m * k, 16);
+    const b = seededArray(3 * k * n, 17);
+    const c = empty([m, n]);
+    gemm(c, fromArray(a, [3, ...(transA ? [k, m] : [m, k])]), fromArray(b, [3, k, n]), { transA });
+    const want = new Float64Array(m * n);
+    for (let z = 0; z < 3; z++) {
+      const part = reference(
+        a.subarray(z * m * k, (z + 1) * m * k),
+        b.subarray(z * k * n, (z + 1) * k * n),
+        m,
+        n,
+        k,
+        transA,
+      );
+      part.forEach((v, i) => (want[i] += v));
+    }
+    const err = maxError(await c.toArray(), want);
+    assert.ok(err < 1e-5, `transA=${transA}: ${err}`);
+  }
+});
+
+Deno.test("linear adds bias to x Wᵀ", async () => {
+  for (const [rows, inF, outF] of [[7, 5, 13], [12, 16, 20]] as const) {
+    const x = seededArray(rows * inF, 18);
+    const w = seededArray(outF * inF, 19);
+    const bias = seededArray(outF, 20);
+    const y = linear(fromArray(x, [rows, inF]), fromArray(w, [outF, inF]), fromArray(bias, [outF]));
+    assert.deepEqual(y.shape, [rows, outF]);
+    const want = reference(x, w, rows, outF, inF, false, true).map((v, i) => v + bias[i % outF]);
+    const err = maxError(await y.toArray(), want);
+    assert.ok(err < 1e-5, `${rows}x${inF} -> ${outF}: ${err}`);
+  }
+});
+
+Deno.test("matmul gradients for all transposes", async () => {
+  const [m, n, k] = [7, 13, 5];
+  for (const transA of [false, true]) {
+    for (const transB of [false, true]) {
+      const rep = await checkGradients(([a, b]) => matmul(a, b, { transA, transB }), [
+        { data: seededArray(m * k, 21), shape: transA ? [k, m] : [m, k] },
+        { data: seededArray(k * n, 22), shape: transB ? [n, k] : [k, n] },
+      ]);
+      for (const [i, e] of rep.maxRelError.entries()) {
+        assert.ok(e < 1e-2, `input ${i} transA=${transA} transB=${transB}: ${e}`);
+      }
+    }
+  }
+});
+
+Deno.test("matmul gradients batched with shared operand", async () => {
+  const [m, n, k] = [6, 5, 7];
+  for (const transA of [false, true]) {
+    for (const transB of [false, true]) {
+      // Batched A with a shared B: dB sums over the batch.
+      const rep = await checkGradients(([a, b]) => matmul(a, b, { transA, transB }), [
+        { data: seededArray(2 * m * k, 23), shape: [2, ...(transA ? [k, m] : [m, k])] },
+        { data: seededArray(k * n, 24), shape: transB ? [n, k] : [k, n] },
+      ]);
+      for (const [i, e] of rep.maxRelError.entries()) {
+        assert.ok(e < 1e-2, `input ${i} transA=${transA} transB=${transB}: ${e}`);
+      }
+    }
+  }
+  // Shared A with a batched B: dA sums over the batch.
+  const rep = await checkGradients(([a, b]) => matmul(a, b), [
+    { data: seededArray(m * k, 25), shape: [m, k] },
+    { data: seededArray(3 * k * n, 26), shape: [3, k, n] },
+  ]);
+  for (const [i, e] of rep.maxRelError.entries()) assert.ok(e < 1e-2, `input ${i}: ${e}`);
+});
+
+Deno.test("linear gradients of x, weight and bias", async () => {
+  const rep = await checkGradients(([x, w, b]) => linear(x, w, b), [
+    { data: seededArray(2 * 3 * 5, 27), shape: [2, 3, 5] },
+    { data: seededArray(7 * 5, 28), shape: [7, 5] },
+    { data: seededArray(7, 29), shape: [7] },
+  ]);
+  for (const [i, e] of rep.maxRelError.entries()) assert.ok(e < 1e-2, `input ${i}: ${e}`);
+});
+
+// Runs forward and backward of x Wᵀ and returns the gemm dispatch labels of backward.
+function backwardGemmLabels(x: Tensor, w: Tensor): string[] {
+  const y = linear(x, w);
+  const g = gpu();
+  const labels: string[] = [];
+  const original = g.dispatch;
+  g.dispatch = (d) => {
+    labels.push(d.label);
+    original.call(g, d);
+  };
+  try {
+    backward(y, fromArray(seededArray(y.numel, 30), [...y.shape]));
+  } finally {
+    g.dispatch = original;
+  }
+  return labels.filter((l) => l.startsWith("gemm"));
+}
+
+Deno.test("frozen weight gets no gradient or dW kernel", async () => {
+  const x = fromArray(seededArray(6 * 4, 31), [6, 4], { requiresGrad: true });
+  const w = fromArray(seededArray(8 * 4, 32), [8, 4], { requiresGrad: false });
+  const before = gpu().dispatchCount;
+  const frozen = backwardGemmLabels(x, w);
+  assert.equal(frozen.length, 1, `backward gemm dispatches: ${frozen.join("; ")}`);
+  assert.ok(gpu().dispatchCount > before);
+  assert.equal(w.grad, null);
+  assert.notEqual(x.grad, null);
+
+  // dx = dy W, checked against the CPU.
+  const dy = seededArray(6 * 8, 30);
+  const want = reference(dy, seededArray(8 * 4, 32), 6, 4, 8);
+  assert.ok(maxError(await x.grad!.toArray(), want) < 1e-5);
+
+  const trained = fromArray(seededArray(8 * 4, 32), [8, 4], { requiresGrad: true });
+  const both = backwardGemmLabels(
+    fromArray(seededArray(6 * 4, 31), [6, 4], { requiresGrad: true }),
+    trained,
+  );
+  assert.equal(both.length, 2, `backward gemm dispatches: ${both.join("; ")}`);
+  assert.notEqual(trained.grad, null);
+});
+
+Deno.test("matmul shape mismatch names both shapes", () => {
+  const a = empty([4, 5]);
+  const b = empty([6, 7]);
+  assert.throws(() => matmul(a, b), (e: unknown) => {
+    assert.ok(e instanceof ShapeError);
+    assert.match(e.message, /matmul: inner dimensions differ: 4x5 @ 6x7/);
+    return true;
+  });
+  assert.throws(() => matmul(empty([2, 4, 5]), empty([3, 5, 7])), ShapeError);
+  assert.throws(() => linear(empty([3, 5]), empty([7, 4])), /3x5 @ 7x4/);
+  assert.throws(() => gemm(empty([4, 6]), a, empty([5, 7])), /4x6/);
+});
+
+// Forward and both gradients of `f`, as CPU arrays.
+async function forwardAndGrads(
+  f: (a: Tensor, b: Tensor) => Tensor,
+  a: { data: Float32Array; shape: number[]; dtype?: DType },
+  b: { data: Float32Array; shape: number[]; dtype?: DType },
+  seed: number,
+) {
+  const ta = fromArray(a.data, a.shape, { requiresGrad: true, dtype: a.dtype });
+  const tb = fromArray(b.data, b.shape, { requiresGrad: true, dtype: b.dtype });
+  const y = f(ta, tb);
+  const out = await y.toArray();
+  backward(y, fromArray(seededArray(y.numel, seed), [...y.shape]));
+  return [out, await ta.grad!.toArray(), await tb.grad!.toArray()];
+}
+
+Deno.test("binding split equals unsplit", async () => {
+  // Each case is f(A, B) with its gradients. A 4 KiB binding covers 959 f32.
+  const cases: [string, (a: Tensor, b: Tensor) => Tensor, number[], number[], DType?][] = [
+    ["plain", (a, b) => matmul(a, b), [130, 260], [260, 70]],
+    ["aligned", (a, b) => matmul(a, b), [132, 260], [260, 68]],
+    ["tied head x Eᵀ", (a, b) => linear(a, b), [24, 64], [300, 64]],
+    ["bf16 head", (a, b) => linear(a, b), [24, 64], [300, 64], "bf16"],
+    ["transA", (a, b) => matmul(a, b, { transA: true }), [96, 40], [96, 52]],
+    ["batched", (a, b) => matmul(a, b), [3, 40, 36], [3, 36, 44]],
+    ["batched shared B", (a, b) => matmul(a, b), [3, 40, 36], [36, 44]],
+  ];
+  for (const [name, f, aShape, bShape, dtypeB] of cases) {
+    const a = { data: seededArray(aShape.reduce((p, q) => p * q), 33), shape: aShape };
+    const b = {
+      data: seededArray(bShape.reduce((p, q) => p * q), 34),
+      shape: bShape,
+      dtype: dtypeB,
+    };
+    const whole = await forwardAndGrads(f, a, b, 35);
+    const split = await withBindingLimit(4096, () => forwardAndGrads(f, a, b, 35));
+    for (const [i, what] of ["output", "dA", "dB"].entries()) {
+      let worst = 0;
+      for (let j = 0; j < whole[i].length; j++) {
+        worst = Math.max(worst, Math.abs(whole[i][j] - split[i][j]) / (1 + Math.abs(whole[i][j])));
+      }
+      assert.ok(worst < 1e-5, `${name} ${what}: ${worst}`);
+    }
+  }
+});
