@@ -70,5 +70,16 @@ export {
 } from "./wgsl.ts";
 export { cast } from "./ops/cast.ts";
 export { add, addInto, fillInPlace, mul, scale, sumRows } from "./ops/elementwise.ts";
+export { gemm, gemmConfig, type GemmConfig, linear, matmul, setGemmConfig } from "./ops/matmul.ts";
+export { silu, swiglu } from "./ops/activation.ts";
+export { mean, sum } from "./ops/reduce.ts";
+export { softmax } from "./ops/softmax.ts";
+export { rmsnorm } from "./ops/rmsnorm.ts";
+export { rope } from "./ops/rope.ts";
+export { embedding } from "./ops/embedding.ts";
+export { crossEntropy } from "./ops/cross_entropy.ts";
+export { attention, type AttentionOptions } from "./ops/attention.ts";
+export { fromInt32, toInt32 } from "./ops/int.ts";
+export { benchGemm, type GemmShape, type GemmTiming } from "./gemm_bench.ts";
 export { checkGradients, type GradInput, type GradReport, seededArray } from "./testing.ts";
 export * from "./safetensors.ts";

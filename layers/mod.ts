@@ -7,3 +7,7 @@
 
 export * from "./config.ts";
 export * from "./params.ts";
+export * from "./linear.ts";
+export * from "./rank.ts";
+export * from "./model.ts";
+export * from "./checkpoint.ts";

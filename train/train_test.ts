@@ -1,0 +1,201 @@
+import assert from "node:assert/strict";
+import { initGpu } from "../core/tensor.ts";
+import { parseTrainArgs, resolveModelConfig } from "./options.ts";
+import { Trainer } from "./trainer.ts";
+
+await initGpu();
+
+const MAIN = new URL("./main.ts", import.meta.url).pathname;
+
+// The llm.c Tiny Shakespeare shards (train and val, GPT-2 tokens) when the shared
+// data folder is present beside the repository, the embedded Brown Corpus otherwise.
+const SHARDS = new URL("../../shared/data/llmc_bin_shard/", import.meta.url).pathname;
+const DATA = await Deno.stat(SHARDS).then(() => SHARDS, () => "brown");
+
+function options(extra: string[]) {
+  return parseTrainArgs([
+    "--data",
+    DATA,
+    "--batch",
+    "4",
+    "--seq-len",
+    "32",
+    "--eval-tokens",
+    "512",
+    "--out",
+    Deno.makeTempDirSync(),
+    ...extra,
+  ]);
+}
+
+for (const method of ["full", "bpt"] as const) {
+  Deno.test(`30 steps of ${method} lower the validation loss`, async () => {
+    const opts = options(["--method", method, "--steps", "30", "--warmup", "3", "--merge-every", "10"]);
+    // The paper's learning rates suit 100M+ models; the tiny preset needs a higher one for Full.
+    if (method === "full") opts.lr = 2e-3;
+    const trainer = await Trainer.create(opts, resolveModelConfig(opts));
+    try {
+      const before = await trainer.evaluate();
+      let merges = 0;
+      for (let s = 0; s < 30; s++) if ((await trainer.trainStep()).merged) merges++;
+      const after = await trainer.evaluate();
+      assert.equal(merges, method === "bpt" ? 3 : 0);
+      // From ~ln(50304) = 10.8 nats, 30 steps reach well below 9.
+      assert.ok(after < before - 1.5, `${method}: val loss ${before} → ${after}`);
+    } finally {
+      trainer.close();
+      trainer.dispose();
+    }
+  });
+}
+
+Deno.test("BPT merge keeps the validation loss", async () => {
+  const opts = options(["--method", "bpt", "--steps", "8", "--warmup", "1", "--merge-every", "1000"]);
+  const trainer = await Trainer.create(opts, resolveModelConfig(opts));
+  try {
+    for (let s = 0; s < 8; s++) await trainer.trainStep();
+    const before = await trainer.evaluate();
+    assert.ok(await trainer.merge());
+    const after = await trainer.evaluate();
+    // W + UV is rounded once to bf16 on merge: a change far below the loss's own scale.
+    assert.ok(Math.abs(after - before) < 2e-3, `val loss ${before} → ${after} across the merge`);
+  } finally {
+    trainer.close();
+    trainer.dispose();
+  }
+});
+
+async function metrics(dir: string): Promise<{ step: number; loss: number }[]> {
+  const text = await Deno.readTextFile(`${dir}/metrics.jsonl`);
+  return text.trim().split("\n").map((l) => JSON.parse(l)).filter((r) => r.kind === "train");
+}
+
+function trainArgs(out: string, extra: string[] = []): string[] {
+  return [
+    "run",
+    "-A",
+    MAIN,
+    "--data",
+    DATA,
+    "--method",
+    "bpt",
+    "--dtype",
+    "f32",
+    "--batch",
+    "2",
+    "--seq-len",
+    "16",
+    "--steps",
+    "12",
+    "--merge-every",
+    "5",
+    "--warmup",
+    "2",
+    "--log-every",
+    "1",
+    "--eval-every",
+    "100",
+    "--eval-tokens",
+    "64",
+    "--save-every",
+    "3",
+    "--out",
+    out,
+    ...extra,
+  ];
+}
+
+async function checkpointStep(out: string): Promise<number> {
+  try {
+    return JSON.parse(await Deno.readTextFile(`${out}/checkpoint/trainer.json`)).step;
+  } catch {
+    return -1;
+  }
+}
+
+Deno.test("kill -9 and resume reproduce the uninterrupted loss curve", async () => {
+  const whole = await Deno.makeTempDir();
+  const cut = await Deno.makeTempDir();
+  const run = await new Deno.Command(Deno.execPath(), {
+    args: trainArgs(whole),
+    stdout: "null",
+    stderr: "piped",
+  }).output();
+  assert.equal(run.code, 0, new TextDecoder().decode(run.stderr));
+
+  // Kill the second run once it has saved a checkpoint past a merge.
+  const child = new Deno.Command(Deno.execPath(), {
+    args: trainArgs(cut),
+    stdout: "null",
+    stderr: "null",
+  }).spawn();
+  const deadline = Date.now() + 120_000;
+  while ((await checkpointStep(cut)) < 6 && Date.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  child.kill("SIGKILL");
+  await child.status;
+  const savedAt = await checkpointStep(cut);
+  assert.ok(savedAt >= 6 && savedAt < 12, `checkpoint at step ${savedAt}`);
+
+  const resumed = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", MAIN, "--resume", cut],
+    stdout: "null",
+    stderr: "piped",
+  }).output();
+  assert.equal(resumed.code, 0, new TextDecoder().decode(resumed.stderr));
+
+  const a = await metrics(whole);
+  const b = await metrics(cut);
+  assert.equal(b.length, 12);
+  assert.deepEqual(b.map((r) => r.step), a.map((r) => r.step));
+  // Bit for bit: JSON keeps every digit of an f64, and f32 losses convert exactly.
+  assert.deepEqual(b.map((r) => r.loss), a.map((r) => r.loss));
+});
+
+Deno.test("SIGINT saves a checkpoint before exiting", async () => {
+  const out = await Deno.makeTempDir();
+  const child = new Deno.Command(Deno.execPath(), {
+    args: trainArgs(out, ["--steps", "400", "--save-every", "1000"]),
+    stdout: "null",
+    stderr: "null",
+  }).spawn();
+  const deadline = Date.now() + 120_000;
+  // Wait for the first logged step so the loop is running.
+  while (Date.now() < deadline) {
+    try {
+      if ((await metrics(out)).length >= 2) break;
+    } catch { /* not yet written */ }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  child.kill("SIGINT");
+  const status = await child.status;
+  assert.equal(status.code, 130);
+  const step = await checkpointStep(out);
+  assert.ok(step >= 2, `checkpoint step ${step}`);
+});
+
+const BAD_INPUT: [string, string[], RegExp][] = [
+  ["unknown flag", ["--stepz", "3"], /--stepz/],
+  ["unknown preset", ["--model", "gpt-5"], /gpt-5/],
+  ["unknown method", ["--method", "dora"], /dora/],
+  ["rank too large", ["--rank", "100000"], /100000/],
+  ["seq-len above the maximum", ["--seq-len", "999999"], /999999/],
+  ["out not writable", ["--out", "/proc/bpt-run", "--steps", "1"], /\/proc\/bpt-run/],
+  ["resume without checkpoint", ["--resume", Deno.makeTempDirSync()], /checkpoint/],
+];
+
+for (const [name, args, pattern] of BAD_INPUT) {
+  Deno.test(`train CLI: ${name} is a one-line error`, async () => {
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", MAIN, ...args],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const stderr = new TextDecoder().decode(out.stderr).trim();
+    assert.equal(out.code, 2, stderr);
+    const lines = stderr.split("\n").filter((l) => !l.includes("XDG_RUNTIME_DIR"));
+    assert.equal(lines.length, 1, stderr);
+    assert.match(lines[0], pattern);
+  });
+}
