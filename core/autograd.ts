@@ -23,7 +23,7 @@ let enabled = true;
 const tape: Node[] = [];
 const produced = new WeakSet<Tensor>();
 
-/** Whether ops currently record onto the tape. */
+/** Returns whether ops currently record onto the tape. */
 export function gradEnabled(): boolean {
   return enabled;
 }

@@ -6,7 +6,7 @@
 // each dispatch ~25-35 µs. Uniforms of all dispatches in a submission go into
 // one staging array that is uploaded by a single writeBuffer at flush time.
 
-/** Raised when WebGPU is missing or no adapter exists. The message says what to install. */
+/** Raised when WebGPU is missing or no adapter exists. The message names what to install. */
 export class NoGpuError extends Error {
   override name = "NoGpuError";
 }

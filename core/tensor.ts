@@ -9,7 +9,7 @@ import { getGpu, type Gpu, GpuError } from "./gpu.ts";
 /** Element type of a tensor's storage. */
 export type DType = "f32" | "bf16" | "f16";
 
-/** What a buffer is used for, as tracked by the memory ledger. */
+/** Use of a buffer, as tracked by the memory ledger. */
 export type MemoryClass = "parameters" | "gradients" | "optimizer" | "activations" | "scratch";
 
 export const MEMORY_CLASSES: readonly MemoryClass[] = [
@@ -259,7 +259,7 @@ export class Tensor {
     return new Uint8Array(await gpu().read(this.buffer, 0, this.byteLength));
   }
 
-  /** A view with another shape of the same element count, sharing the buffer. */
+  /** Returns a view with another shape of the same element count, sharing the buffer. */
   reshape(shape: number[]): Tensor {
     const n = shape.reduce((a, b) => a * b, 1);
     if (n !== this.numel) {

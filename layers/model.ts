@@ -20,7 +20,7 @@ import type { ModelConfig } from "./config.ts";
 import { createLinear, type Linear, type NamedParam } from "./linear.ts";
 import { type Method, validateRank } from "./params.ts";
 
-/** How the block linears train, and the storage dtype of parameters. */
+/** Training method of the block linears, and the storage dtype of parameters. */
 export interface ModelOptions {
   method: Method;
   /** Rank of BPT/LoRA/ReLoRA factors; ignored by full and hyperadapt. */
@@ -124,12 +124,12 @@ export class CausalLM {
     }
   }
 
-  /** Every block linear, in layer order. */
+  /** Returns every block linear, in layer order. */
   linears(): Linear[] {
     return this.blocks.flatMap((b) => [b.q, b.k, b.v, b.o, b.gate, b.up, b.down]);
   }
 
-  /** Every parameter under its checkpoint name, trainable or frozen. */
+  /** Returns every parameter under its checkpoint name, trainable or frozen. */
   parameters(): NamedParam[] {
     const list: NamedParam[] = [{ name: this.embed.name, tensor: this.embed, decay: true }];
     const norm = (t: Tensor | null) => {
@@ -167,7 +167,9 @@ export class CausalLM {
     const cfg = this.config;
     if (seqLen + positionOffset > cfg.maxSeqLen) {
       throw new ShapeError(
-        `sequence length ${seqLen + positionOffset} exceeds the model's maximum ${cfg.maxSeqLen}; use --seq-len ≤ ${cfg.maxSeqLen}`,
+        `sequence length ${
+          seqLen + positionOffset
+        } exceeds the model's maximum ${cfg.maxSeqLen}; use --seq-len ≤ ${cfg.maxSeqLen}`,
       );
     }
     const tokens = ids instanceof Int32Array ? fromInt32(ids, [batch, seqLen]) : ids;

@@ -40,7 +40,14 @@ function rmsnormRef(x: Float64Array, rows: number, cols: number, w: Float64Array
 }
 
 // y [rows, n] = x [rows, m] Wᵀ + b
-function linearRef(x: Float64Array, rows: number, w: Float64Array, n: number, m: number, b?: Float64Array) {
+function linearRef(
+  x: Float64Array,
+  rows: number,
+  w: Float64Array,
+  n: number,
+  m: number,
+  b?: Float64Array,
+) {
   const y = new Float64Array(rows * n);
   for (let r = 0; r < rows; r++) {
     for (let i = 0; i < n; i++) {
@@ -71,7 +78,16 @@ function ropeRef(x: Float64Array, B: number, T: number, H: number, D: number, th
   }
 }
 
-function attentionRef(q: Float64Array, k: Float64Array, v: Float64Array, B: number, T: number, Hq: number, Hkv: number, D: number) {
+function attentionRef(
+  q: Float64Array,
+  k: Float64Array,
+  v: Float64Array,
+  B: number,
+  T: number,
+  Hq: number,
+  Hkv: number,
+  D: number,
+) {
   const out = new Float64Array(B * T * Hq * D);
   const group = Hq / Hkv;
   for (let b = 0; b < B; b++) {
@@ -82,12 +98,14 @@ function attentionRef(q: Float64Array, k: Float64Array, v: Float64Array, B: numb
         let max = -Infinity;
         for (let u = 0; u <= t; u++) {
           let dot = 0;
-          for (let d = 0; d < D; d++) dot += q[((b * T + t) * Hq + h) * D + d] * k[((b * T + u) * Hkv + g) * D + d];
+          for (let d = 0; d < D; d++) {
+            dot += q[((b * T + t) * Hq + h) * D + d] * k[((b * T + u) * Hkv + g) * D + d];
+          }
           s[u] = dot / Math.sqrt(D);
           max = Math.max(max, s[u]);
         }
         let z = 0;
-        for (let u = 0; u <= t; u++) z += (s[u] = Math.exp(s[u] - max));
+        for (let u = 0; u <= t; u++) z += s[u] = Math.exp(s[u] - max);
         for (let d = 0; d < D; d++) {
           let acc = 0;
           for (let u = 0; u <= t; u++) acc += s[u] * v[((b * T + u) * Hkv + g) * D + d];
@@ -158,7 +176,9 @@ function maxRelError(got: Float32Array, want: Float64Array): number {
   let maxAbs = 0;
   for (const w of want) maxAbs = Math.max(maxAbs, Math.abs(w));
   let worst = 0;
-  for (let i = 0; i < want.length; i++) worst = Math.max(worst, Math.abs(got[i] - want[i]) / maxAbs);
+  for (let i = 0; i < want.length; i++) {
+    worst = Math.max(worst, Math.abs(got[i] - want[i]) / maxAbs);
+  }
   return worst;
 }
 
@@ -183,7 +203,8 @@ Deno.test("loss gradient matches finite differences", async () => {
   const targets = randomIds(B * T, cfg.vocabSize, 4);
   const loss = model.loss(ids, targets, B, T);
   backward(loss);
-  const lossAt = async () => (await scoped(() => noGrad(() => model.loss(ids, targets, B, T))).toArray())[0];
+  const lossAt = async () =>
+    (await scoped(() => noGrad(() => model.loss(ids, targets, B, T))).toArray())[0];
 
   const picks: [string, number][] = [
     ["model.layers.1.mlp.down_proj.weight", 7],
@@ -213,7 +234,8 @@ Deno.test("loss gradient matches finite differences", async () => {
     const down = await lossAt();
     await set(x0);
     const numeric = (up - down) / (2 * h);
-    const err = Math.abs(analytic - numeric) / Math.max(Math.abs(analytic), Math.abs(numeric), 1e-3);
+    const err = Math.abs(analytic - numeric) /
+      Math.max(Math.abs(analytic), Math.abs(numeric), 1e-3);
     assert.ok(err < 2e-2, `${name}[${idx}]: autograd ${analytic}, numeric ${numeric}`);
   }
 });
@@ -268,5 +290,22 @@ Deno.test("export of a BPT model gives the same logits", async () => {
     assert.ok(worst < 1e-4, `max logit difference ${worst}`);
   } finally {
     await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("qwen2.5-0.5b in bf16 allocates and gives finite logits", async () => {
+  // 494M parameters: the 151,936×896 embedding alone (272 MB in bf16) exceeds a
+  // 128 MiB binding, so the lookup and the tied LM head run on split bindings.
+  const cfg = getPreset("qwen2.5-0.5b");
+  const model = new CausalLM(cfg, { method: "bpt", rank: 128, dtype: "bf16", seed: 1 });
+  try {
+    assert.ok(model.embed.byteLength > gpu().limits.maxStorageBufferBindingSize);
+    const T = 4;
+    const ids = new Int32Array([9707, 11, 1879, 0]);
+    const logits = await scoped(() => noGrad(() => model.forward(ids, 1, T))).toArray();
+    assert.equal(logits.length, T * cfg.vocabSize);
+    assert.ok(logits.every(Number.isFinite));
+  } finally {
+    model.dispose();
   }
 });

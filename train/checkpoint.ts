@@ -6,8 +6,8 @@
 //                                           per-parameter step counts in the metadata
 //   <out>/checkpoint/trainer.json           step, tokens, data-loader state, merge counts, options
 //
-// A checkpoint is written into a temporary directory and renamed into place;
-// the previous one is moved aside first and removed last, so a crash at any
+// A checkpoint is written into a temporary directory and renamed into place.
+// The previous one is moved aside first and removed last, so a crash at any
 // point leaves a complete checkpoint at `checkpoint` or `checkpoint.prev`.
 
 import { openSafetensors, type TensorEntry, writeSafetensors } from "../core/safetensors.ts";
@@ -17,7 +17,7 @@ import type { LoaderState } from "../data/pipeline.ts";
 import type { TrainOptions } from "./options.ts";
 import type { Trainer } from "./trainer.ts";
 
-/** Raised when a resume directory holds no usable checkpoint. */
+/** Raised when a resume directory contains no usable checkpoint. */
 export class CheckpointError extends Error {
   override name = "CheckpointError";
 }

@@ -225,7 +225,13 @@ Deno.test("parseTrainArgs schedule lengths", () => {
   assertRejects(["--warmup", "241"], "--warmup 241", "--decay-steps 60", "--steps 300");
   assertRejects(["--schedule", "cosine", "--warmup", "300"], "--warmup 300", "cosine");
   assert.equal(parseTrainArgs(["--schedule", "constant", "--warmup", "300"]).warmup, 300);
-  assertRejects(["--relora-warmup", "101"], "--relora-warmup 101", "--merge-every 100");
+  assertRejects(
+    ["--method", "relora", "--relora-warmup", "101"],
+    "--relora-warmup 101",
+    "--merge-every 100",
+  );
+  // Only ReLoRA restarts its learning rate, so the check does not apply to BPT.
+  assert.equal(parseTrainArgs(["--method", "bpt", "--relora-warmup", "101"]).reloraWarmup, 101);
 });
 
 Deno.test("parseTrainArgs out and resume", () => {

@@ -26,7 +26,7 @@ export interface EvalPoint {
   valLoss: number;
 }
 
-/** What a finished (or interrupted) run reports. */
+/** Summary of a finished (or interrupted) run. */
 export interface RunSummary {
   out: string;
   steps: number;
@@ -209,8 +209,7 @@ export async function runTraining(
 
   try {
     while (trainer.step < opts.steps && !interrupted) {
-      let r: StepResult;
-      r = await trainer.trainStep();
+      const r: StepResult = await trainer.trainStep();
       if (!Number.isFinite(r.loss)) {
         throw new DivergedError(
           `loss is ${r.loss} at step ${r.step}: the run stopped and ${out}/checkpoint keeps the last good state; resume with a lower --lr (now ${

@@ -30,8 +30,17 @@ function options(extra: string[]) {
 
 for (const method of ["full", "bpt"] as const) {
   Deno.test(`30 steps of ${method} lower the validation loss`, async () => {
-    const opts = options(["--method", method, "--steps", "30", "--warmup", "3", "--merge-every", "10"]);
-    // The paper's learning rates suit 100M+ models; the tiny preset needs a higher one for Full.
+    const opts = options([
+      "--method",
+      method,
+      "--steps",
+      "30",
+      "--warmup",
+      "3",
+      "--merge-every",
+      "10",
+    ]);
+    // Full's default 2e-4 is tuned for 100M+ models and barely moves the tiny preset in 30 steps.
     if (method === "full") opts.lr = 2e-3;
     const trainer = await Trainer.create(opts, resolveModelConfig(opts));
     try {
@@ -50,7 +59,16 @@ for (const method of ["full", "bpt"] as const) {
 }
 
 Deno.test("BPT merge keeps the validation loss", async () => {
-  const opts = options(["--method", "bpt", "--steps", "8", "--warmup", "1", "--merge-every", "1000"]);
+  const opts = options([
+    "--method",
+    "bpt",
+    "--steps",
+    "8",
+    "--warmup",
+    "1",
+    "--merge-every",
+    "1000",
+  ]);
   const trainer = await Trainer.create(opts, resolveModelConfig(opts));
   try {
     for (let s = 0; s < 8; s++) await trainer.trainStep();
@@ -136,7 +154,8 @@ Deno.test("kill -9 and resume reproduce the uninterrupted loss curve", async () 
   child.kill("SIGKILL");
   await child.status;
   const savedAt = await checkpointStep(cut);
-  assert.ok(savedAt >= 6 && savedAt < 12, `checkpoint at step ${savedAt}`);
+  assert.ok(savedAt >= 6, `checkpoint at step ${savedAt}`);
+  assert.ok(savedAt < 12, `checkpoint at step ${savedAt}`);
 
   const resumed = await new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", MAIN, "--resume", cut],
