@@ -2,11 +2,17 @@
 // it trains the tiny Qwen2.5 preset with BPT on the Brown Corpus.
 
 import { initGpu } from "../core/tensor.ts";
-import { readTrainerState } from "./checkpoint.ts";
-import { parseTrainArgs, resolveModelConfig, TRAIN_HELP, type TrainOptions } from "./options.ts";
+import { findCheckpoint, readTrainerState } from "./checkpoint.ts";
+import {
+  KNOWN_TOKENIZERS,
+  parseTrainArgs,
+  resolveModelConfig,
+  TRAIN_HELP,
+  type TrainOptions,
+} from "./options.ts";
+import { loadTokenizer } from "../data/tokenizer.ts";
 import { runCli } from "./cli.ts";
 import { runTraining } from "./run.ts";
-import { findCheckpoint } from "./checkpoint.ts";
 
 await runCli(async () => {
   let opts: TrainOptions = parseTrainArgs(Deno.args);
@@ -20,7 +26,9 @@ await runCli(async () => {
     const steps = Deno.args.some((a) => a.startsWith("--steps")) ? opts.steps : state.options.steps;
     opts = { ...state.options, steps, resume: opts.resume, out: opts.resume };
   }
-  const config = resolveModelConfig(opts);
+  // A tokenizer given as a file is loaded once here to check that the model's vocabulary covers it.
+  const info = KNOWN_TOKENIZERS[opts.tokenizer] ?? await loadTokenizer(opts.tokenizer);
+  const config = resolveModelConfig(opts, { vocabSize: info.vocabSize, eotId: info.eotId });
   await initGpu();
   const summary = await runTraining(opts, config);
   if (!summary.interrupted) {

@@ -218,3 +218,21 @@ for (const [name, args, pattern] of BAD_INPUT) {
     assert.match(lines[0], pattern);
   });
 }
+
+Deno.test("non-finite loss stops the run with a one-line error", async () => {
+  const out = await Deno.makeTempDir();
+  const run = await new Deno.Command(Deno.execPath(), {
+    args: trainArgs(out, ["--lr", "1e12", "--warmup", "0", "--steps", "30", "--save-every", "1"]),
+    stdout: "null",
+    stderr: "piped",
+  }).output();
+  const stderr = new TextDecoder().decode(run.stderr).trim();
+  const lines = stderr.split("\n").filter((l) => !l.includes("XDG_RUNTIME_DIR"));
+  assert.equal(run.code, 2, stderr);
+  assert.equal(lines.length, 1, stderr);
+  assert.match(lines[0], /loss is (NaN|Infinity|-Infinity) at step \d+/);
+  assert.match(lines[0], /lower --lr/);
+  // The checkpoint kept is from before the failing step.
+  const failedAt = Number(lines[0].match(/at step (\d+)/)![1]);
+  assert.equal(await checkpointStep(out), failedAt - 1);
+});
