@@ -90,16 +90,22 @@ export function backward(loss: Tensor, seed?: Tensor): void {
         : dy.reshape([...node.output.shape]);
       const dxs = node.backward(dyShaped);
       const handed = new Set<Tensor>();
+      const spent: Tensor[] = [];
       node.inputs.forEach((x, i) => {
         const dx = dxs[i];
         if (!dx || !x.requiresGrad) return;
         const base = baseOf(dx);
         if (base === dy || handed.has(base)) shared.add(base);
         handed.add(base);
-        accumulate(grads, shared, x, dx);
+        if (accumulate(grads, shared, x, dx)) spent.push(base);
       });
-      const stillUsed = [...grads.values()].some((g) => baseOf(g) === dy);
-      if (dy !== seedGrad && !stillUsed && !shared.has(dy)) dy.dispose();
+
+      // Free dy and gradients already added into a leaf's grad, unless another
+      // key of `grads` still refers to them.
+      const live = new Set([...grads.values()].map(baseOf));
+      for (const t of new Set([dy, ...spent])) {
+        if (t !== seedGrad && !live.has(t) && !shared.has(t)) t.dispose();
+      }
     }
   } finally {
     tape.length = 0;
@@ -108,7 +114,14 @@ export function backward(loss: Tensor, seed?: Tensor): void {
   }
 }
 
-function accumulate(grads: Map<Tensor, Tensor>, shared: Set<Tensor>, x: Tensor, dx: Tensor) {
+// Adds dx into x's gradient. Returns true when dx went into a leaf's persistent
+// grad, so the caller may free it.
+function accumulate(
+  grads: Map<Tensor, Tensor>,
+  shared: Set<Tensor>,
+  x: Tensor,
+  dx: Tensor,
+): boolean {
   const base = baseOf(x);
   const g = dx.numel === base.numel && dx.shape.join() !== base.shape.join()
     ? dx.reshape([...base.shape])
@@ -120,12 +133,12 @@ function accumulate(grads: Map<Tensor, Tensor>, shared: Set<Tensor>, x: Tensor, 
       base.grad = zeros(base.shape, { memoryClass: "gradients", name: `${base.name}.grad` }).keep();
     }
     addInto(base.grad, g);
-    return;
+    return true;
   }
   const prev = grads.get(base);
   if (!prev) {
     grads.set(base, g);
-    return;
+    return false;
   }
   if (shared.has(baseOf(prev)) || baseOf(prev) === baseOf(g)) {
     const sum = zeros(prev.shape);
@@ -135,6 +148,7 @@ function accumulate(grads: Map<Tensor, Tensor>, shared: Set<Tensor>, x: Tensor, 
   } else {
     addInto(prev, g);
   }
+  return false;
 }
 
 function ones(shape: readonly number[]): Tensor {

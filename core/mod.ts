@@ -70,7 +70,7 @@ export {
 } from "./wgsl.ts";
 export { cast } from "./ops/cast.ts";
 export { add, addInto, fillInPlace, mul, scale, sumRows } from "./ops/elementwise.ts";
-export { gemm, gemmConfig, type GemmConfig, linear, matmul, setGemmConfig } from "./ops/matmul.ts";
+export { gemm, type GemmConfig, gemmConfig, linear, matmul, setGemmConfig } from "./ops/matmul.ts";
 export { silu, swiglu } from "./ops/activation.ts";
 export { mean, sum } from "./ops/reduce.ts";
 export { softmax } from "./ops/softmax.ts";

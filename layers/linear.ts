@@ -15,7 +15,7 @@ import { noGrad } from "../core/autograd.ts";
 import { cast } from "../core/ops/cast.ts";
 import { add, mul, scale } from "../core/ops/elementwise.ts";
 import { linear as linearOp, matmul } from "../core/ops/matmul.ts";
-import { randn, rand } from "../core/random.ts";
+import { rand, randn } from "../core/random.ts";
 import { type DType, fromArray, gpu, type Tensor, zeros } from "../core/tensor.ts";
 import { adapterParamCount, type Method, ParamsError, wrapsLinear } from "./params.ts";
 
@@ -142,10 +142,17 @@ class LinearLayer implements Linear {
 
     // torch.nn.Linear's default, Kaiming-uniform with a = √5: U(−1/√m, 1/√m).
     const bound = 1 / Math.sqrt(m);
-    this.weight = (opts.initStd
-      ? randn([n, m], { ...P, seed: opts.seed, std: opts.initStd, name: `${this.name}.weight` })
-      : rand([n, m], { ...P, seed: opts.seed, low: -bound, high: bound, name: `${this.name}.weight` }))
-      .keep();
+    this.weight =
+      (opts.initStd
+        ? randn([n, m], { ...P, seed: opts.seed, std: opts.initStd, name: `${this.name}.weight` })
+        : rand([n, m], {
+          ...P,
+          seed: opts.seed,
+          low: -bound,
+          high: bound,
+          name: `${this.name}.weight`,
+        }))
+        .keep();
     this.weight.requiresGrad = !frozen;
     this.bias = opts.bias
       ? zeros([n], { ...P, requiresGrad: true, name: `${this.name}.bias` }).keep()

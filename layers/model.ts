@@ -210,7 +210,11 @@ export class CausalLM {
 
   /** Mean cross-entropy (nats per token) of predicting `targets` from `ids`; targets < 0 are ignored. */
   loss(ids: Int32Array, targets: Int32Array, batch: number, seqLen: number): Tensor {
-    const logits = this.forward(ids, batch, seqLen);
-    return crossEntropy(logits, fromInt32(targets, [batch * seqLen]));
+    // Both uploads come before the forward pass: an upload flushes the recorded
+    // work, so uploading in between would split the step into two submissions.
+    const tokens = fromInt32(ids, [batch, seqLen]);
+    const targetIds = fromInt32(targets, [batch * seqLen]);
+    const logits = this.forward(tokens, batch, seqLen);
+    return crossEntropy(logits, targetIds);
   }
 }

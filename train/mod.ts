@@ -6,7 +6,7 @@
  */
 
 export { buildSchedule, type StepResult, Trainer } from "./trainer.ts";
-export { DivergedError, type EvalPoint, runTraining, type RunSummary } from "./run.ts";
+export { DivergedError, type EvalPoint, type RunSummary, runTraining } from "./run.ts";
 export {
   CheckpointError,
   findCheckpoint,
@@ -23,5 +23,5 @@ export {
   TRAIN_HELP,
   type TrainOptions,
 } from "./options.ts";
-export { mfu, stepFlops, type StepFlops } from "./flops.ts";
+export { mfu, type StepFlops, stepFlops } from "./flops.ts";
 export { lineChart } from "./svg.ts";

@@ -1,0 +1,706 @@
+// `deno task bench [suite...]`: throughput and memory figures of this adapter, printed as
+// tables and merged into bench/results/<adapter>.json so runs on different devices can be
+// compared. See bench/README.md for the targets and the recorded results.
+//
+// Suites:
+//   gemm     GFLOP/s of the f32 GEMM kernel, whose best shape is the adapter's MFU ceiling
+//   step     tokens/s, step time, MFU, dispatches, submits and waits of whole training steps
+//   memory   peak bytes per ledger class of one training step, per method
+//   data     .bin loader and GPT-2 tokenizer throughput (data/bench.ts)
+//   profile  time per kernel kind of one training step, replaying its dispatches per kind
+
+import { parseArgs } from "node:util";
+import type { Dispatch, Gpu } from "../core/gpu.ts";
+import { gemm } from "../core/ops/matmul.ts";
+import {
+  beginScope,
+  drainPool,
+  empty,
+  endScope,
+  fromArray,
+  gpu,
+  initGpu,
+  ledger,
+  MEMORY_CLASSES,
+  type MemoryClass,
+} from "../core/tensor.ts";
+import { seededArray } from "../core/testing.ts";
+import { benchData } from "../data/bench.ts";
+import { type Method, METHODS } from "../layers/params.ts";
+import { runCli } from "./cli.ts";
+import { mfu, stepFlops } from "./flops.ts";
+import { OptionsError, parseTrainArgs, resolveModelConfig, type TrainOptions } from "./options.ts";
+import { Trainer } from "./trainer.ts";
+
+export const SUITES = ["gemm", "step", "memory", "data", "profile"] as const;
+export type Suite = typeof SUITES[number];
+
+// "profile" replays every dispatch of a step once more per kernel kind, so it runs only when named.
+const DEFAULT_SUITES: readonly Suite[] = ["gemm", "step", "memory", "data"];
+
+/** Settings of one `deno task bench` run. */
+export interface BenchArgs {
+  suites: Suite[];
+  /** Measured training steps per configuration of the step suite. */
+  steps: number;
+  /** Untimed steps before them, the first of which compiles every kernel. */
+  warmup: number;
+  /** Rank of bpt, lora and relora in the step and profile suites. */
+  rank: number;
+  /** Preset of the memory suite. */
+  memoryModel: string;
+  /** Rank of bpt, lora and relora in the memory suite. */
+  memoryRank: number;
+  /** Directory of the JSON result files. */
+  out: string;
+  help: boolean;
+}
+
+const DEFAULTS = {
+  steps: 5,
+  warmup: 2,
+  rank: 32,
+  memoryModel: "qwen2.5-0.5b",
+  memoryRank: 128,
+  out: "bench/results",
+};
+
+export const BENCH_HELP = `Usage: deno task bench [suite...] [flags]
+
+Measures this adapter and prints one table per suite. Results are merged into
+--out/<adapter>.json, one entry per suite, with the date and the Deno version.
+
+Suites (default: ${DEFAULT_SUITES.join(" ")})
+  gemm      GFLOP/s of the f32 GEMM at 1024³, 512×2048×512 and the qwen2.5-tiny training
+            shapes; the best is the adapter's ceiling, used for MFU
+  step      tokens/s, step time (median, min, max), MFU, dispatches, submits and waits per
+            step of full training steps: qwen2.5-tiny at batch 8 × seq 64 (bf16 for every
+            method, f32 for full and bpt) and qwen2.5-100m at batch 1 × seq 64 (bf16)
+  memory    peak bytes per ledger class (parameters, gradients, optimizer, activations,
+            scratch) of one training step at batch 1 × seq 64 in bf16, for every method
+  data      .bin loader and GPT-2 tokenizer throughput in tokens/s
+  profile   time per kernel kind of one qwen2.5-tiny bf16 step of full and bpt, measured
+            by replaying the step's dispatches grouped by kind (not in the default set)
+
+Flags
+  --steps N          measured steps per step-suite configuration (default ${DEFAULTS.steps})
+  --warmup N         untimed steps before them (default ${DEFAULTS.warmup})
+  --rank R           rank of bpt, lora and relora in step and profile (default ${DEFAULTS.rank})
+  --memory-model M   model preset of the memory suite (default ${DEFAULTS.memoryModel})
+  --memory-rank R    rank of bpt, lora and relora in the memory suite (default ${DEFAULTS.memoryRank})
+  --out DIR          directory of the JSON result files (default ${DEFAULTS.out})
+  --help             print this help`;
+
+function positiveInteger(flag: string, raw: string | undefined, fallback: number, min = 1) {
+  if (raw === undefined) return fallback;
+  const value = Number(raw);
+  if (!Number.isSafeInteger(value) || value < min) {
+    throw new OptionsError(`--${flag} ${raw} is invalid: use an integer ≥ ${min}`);
+  }
+  return value;
+}
+
+/** Parses the command line; throws OptionsError with a one-line message for bad input. */
+export function parseBenchArgs(argv: string[]): BenchArgs {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: argv,
+      allowPositionals: true,
+      strict: true,
+      options: {
+        steps: { type: "string" },
+        warmup: { type: "string" },
+        rank: { type: "string" },
+        "memory-model": { type: "string" },
+        "memory-rank": { type: "string" },
+        out: { type: "string" },
+        help: { type: "boolean" },
+      },
+    });
+  } catch (error) {
+    // node:util's messages span several lines, so keep only the first.
+    const first = (error as Error).message.split("\n")[0];
+    throw new OptionsError(`${first}: run deno task bench --help for the flags`);
+  }
+  const { values, positionals } = parsed;
+  for (const name of positionals) {
+    if (!(SUITES as readonly string[]).includes(name)) {
+      throw new OptionsError(`unknown suite "${name}": use one of ${SUITES.join(", ")}`);
+    }
+  }
+  const suites = positionals.length > 0
+    ? SUITES.filter((s) => positionals.includes(s))
+    : [...DEFAULT_SUITES];
+  return {
+    suites,
+    steps: positiveInteger("steps", values.steps, DEFAULTS.steps),
+    warmup: positiveInteger("warmup", values.warmup, DEFAULTS.warmup, 0),
+    rank: positiveInteger("rank", values.rank, DEFAULTS.rank),
+    memoryModel: values["memory-model"] ?? DEFAULTS.memoryModel,
+    memoryRank: positiveInteger("memory-rank", values["memory-rank"], DEFAULTS.memoryRank),
+    out: values.out ?? DEFAULTS.out,
+    help: values.help === true,
+  };
+}
+
+// ---- helpers ----
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const mid = Math.floor(s.length / 2);
+  return s.length % 2 === 1 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
+}
+
+/** Prints rows as a left-aligned text table with a header line. */
+function printTable(header: string[], rows: (string | number)[][]) {
+  const cells = [header, ...rows.map((r) => r.map(String))];
+  const widths = header.map((_, i) => Math.max(...cells.map((r) => r[i].length)));
+  for (const [k, row] of cells.entries()) {
+    console.log(row.map((c, i) => c.padEnd(widths[i])).join("  ").trimEnd());
+    if (k === 0) console.log(widths.map((w) => "-".repeat(w)).join("  "));
+  }
+}
+
+const mib = (bytes: number) => (bytes / 2 ** 20).toFixed(1);
+
+/** Lowercase adapter description with runs of other characters turned into "-". */
+export function adapterSlug(description: string): string {
+  return description.toLowerCase().replace(/[^a-z0-9]+/g, "-").replace(/^-|-$/g, "") ||
+    "unknown-adapter";
+}
+
+/** Counts `sync()` calls, the waits on the GPU, by wrapping the instance's method. */
+function countWaits(g: Gpu): { readonly count: number } {
+  const counter = { count: 0 };
+  const original = g.sync.bind(g);
+  g.sync = () => {
+    counter.count++;
+    return original();
+  };
+  return counter;
+}
+
+// Options of a benchmark trainer: steps is far past the measured ones, so no BPT or ReLoRA
+// merge (every 100 steps by default) falls into the timing.
+function trainOptions(model: string, method: Method, extra: string[]): TrainOptions {
+  return parseTrainArgs(["--model", model, "--method", method, "--steps", "1000", ...extra]);
+}
+
+// ---- gemm ----
+
+interface GemmShape {
+  label: string;
+  m: number;
+  n: number;
+  k: number;
+  transB?: boolean;
+}
+
+/** GEMM shapes: two square-ish ones, then those of qwen2.5-tiny at 8 × 64 = 512 tokens. */
+const GEMM_SHAPES: GemmShape[] = [
+  { label: "1024³", m: 1024, n: 1024, k: 1024 },
+  { label: "512×2048×512", m: 512, n: 2048, k: 512 },
+  { label: "tiny q/o proj", m: 512, n: 128, k: 128, transB: true },
+  { label: "tiny k/v proj", m: 512, n: 64, k: 128, transB: true },
+  { label: "tiny gate/up proj", m: 512, n: 512, k: 128, transB: true },
+  { label: "tiny down proj", m: 512, n: 128, k: 512, transB: true },
+  { label: "tiny LM head", m: 512, n: 50304, k: 128, transB: true },
+];
+
+interface GemmRow {
+  label: string;
+  m: number;
+  n: number;
+  k: number;
+  transB: boolean;
+  ms: number;
+  gflops: number;
+}
+
+// One shape: C [m, n] = A [m, k] · B, B stored [n, k] when transB. Each run records enough
+// GEMMs for about 200 ms into one submission and waits once, so the submit-and-wait cost is
+// spread over them. The result is the median of 5 runs after 2 warm-up runs.
+async function timeGemm(s: GemmShape): Promise<GemmRow> {
+  const a = fromArray(seededArray(s.m * s.k, 1), [s.m, s.k]);
+  const b = fromArray(seededArray(s.k * s.n, 2), s.transB ? [s.n, s.k] : [s.k, s.n]);
+  const c = empty([s.m, s.n]);
+  const time = async (reps: number) => {
+    const t0 = performance.now();
+    for (let r = 0; r < reps; r++) gemm(c, a, b, { transB: s.transB });
+    await gpu().sync();
+    return (performance.now() - t0) / reps;
+  };
+  await time(1);
+  const estimate = await time(1);
+  const reps = Math.max(1, Math.min(100, Math.round(200 / Math.max(estimate, 1e-3))));
+  const samples: number[] = [];
+  for (let r = 0; r < 5; r++) samples.push(await time(reps));
+  const ms = median(samples);
+  return {
+    label: s.label,
+    m: s.m,
+    n: s.n,
+    k: s.k,
+    transB: s.transB ?? false,
+    ms,
+    gflops: (2 * s.m * s.n * s.k) / (ms * 1e6),
+  };
+}
+
+async function runGemm() {
+  const rows: GemmRow[] = [];
+  for (const shape of GEMM_SHAPES) {
+    // The scope must stay open across the await: a scoped() around the async call would
+    // dispose A, B and C when the promise is created, before the GEMMs run.
+    beginScope();
+    try {
+      rows.push(await timeGemm(shape));
+    } finally {
+      endScope();
+    }
+  }
+  console.log(`adapter: ${gpu().description}`);
+  printTable(
+    ["shape", "m×n×k", "transB", "ms", "GFLOP/s"],
+    rows.map((r) => [
+      r.label,
+      `${r.m}×${r.n}×${r.k}`,
+      r.transB ? "yes" : "no",
+      r.ms.toFixed(2),
+      r.gflops.toFixed(1),
+    ]),
+  );
+  const ceilingGflops = Math.max(...rows.map((r) => r.gflops));
+  console.log(`ceiling (best shape): ${ceilingGflops.toFixed(1)} GFLOP/s`);
+  return { ceilingGflops, shapes: rows };
+}
+
+// ---- step ----
+
+interface StepConfig {
+  model: string;
+  method: Method;
+  dtype: "bf16" | "f32";
+  batch: number;
+  seqLen: number;
+}
+
+function stepConfigs(): StepConfig[] {
+  const tiny = { model: "qwen2.5-tiny", batch: 8, seqLen: 64 };
+  const small = { model: "qwen2.5-100m", batch: 1, seqLen: 64 };
+  return [
+    ...METHODS.map((method) => ({ ...tiny, method, dtype: "bf16" as const })),
+    ...(["full", "bpt"] as const).map((method) => ({ ...tiny, method, dtype: "f32" as const })),
+    ...METHODS.map((method) => ({ ...small, method, dtype: "bf16" as const })),
+  ];
+}
+
+interface StepRow extends StepConfig {
+  rank: number;
+  tokensPerStep: number;
+  medianMs: number;
+  minMs: number;
+  maxMs: number;
+  tokensPerSecond: number;
+  flopsPerStep: number;
+  mfu: number;
+  dispatchesPerStep: number;
+  submitsPerStep: number;
+  waitsPerStep: number;
+}
+
+async function createTrainer(c: StepConfig, rank: number): Promise<Trainer> {
+  const opts = trainOptions(c.model, c.method, [
+    "--rank",
+    String(rank),
+    "--batch",
+    String(c.batch),
+    "--seq-len",
+    String(c.seqLen),
+    "--dtype",
+    c.dtype,
+  ]);
+  return await Trainer.create(opts, resolveModelConfig(opts));
+}
+
+function disposeTrainer(trainer: Trainer) {
+  trainer.close();
+  trainer.dispose();
+  // Pooled buffers of one model are useless to the next and, on CPU adapters, hold RAM.
+  drainPool();
+}
+
+async function measureSteps(
+  c: StepConfig,
+  args: BenchArgs,
+  ceilingFlops: number,
+  waits: { readonly count: number },
+): Promise<StepRow> {
+  const g = gpu();
+  const trainer = await createTrainer(c, args.rank);
+  try {
+    for (let i = 0; i < args.warmup; i++) await trainer.trainStep();
+    const times: number[] = [];
+    const dispatch0 = g.dispatchCount;
+    const submit0 = g.submitCount;
+    const wait0 = waits.count;
+    for (let i = 0; i < args.steps; i++) {
+      const t0 = performance.now();
+      await trainer.trainStep();
+      times.push(performance.now() - t0);
+    }
+    const medianMs = median(times);
+    const tokens = trainer.tokensPerStep;
+    const flops = stepFlops(trainer.config, c.method, args.rank, tokens, c.seqLen).total;
+    return {
+      ...c,
+      rank: args.rank,
+      tokensPerStep: tokens,
+      medianMs,
+      minMs: Math.min(...times),
+      maxMs: Math.max(...times),
+      tokensPerSecond: tokens / (medianMs / 1000),
+      flopsPerStep: flops,
+      mfu: mfu(flops, medianMs / 1000, ceilingFlops),
+      dispatchesPerStep: (g.dispatchCount - dispatch0) / args.steps,
+      submitsPerStep: (g.submitCount - submit0) / args.steps,
+      waitsPerStep: (waits.count - wait0) / args.steps,
+    };
+  } finally {
+    disposeTrainer(trainer);
+  }
+}
+
+async function runStep(args: BenchArgs, ceilingGflops: number, waits: { readonly count: number }) {
+  const rows: StepRow[] = [];
+  for (const c of stepConfigs()) {
+    const row = await measureSteps(c, args, ceilingGflops * 1e9, waits);
+    rows.push(row);
+    console.error(
+      `step: ${c.model} ${c.method} ${c.dtype} done, median ${row.medianMs.toFixed(0)} ms`,
+    );
+  }
+  console.log(
+    `adapter: ${gpu().description}; ceiling ${ceilingGflops.toFixed(1)} GFLOP/s; ` +
+      `${args.warmup} warm-up + ${args.steps} measured steps; rank ${args.rank}`,
+  );
+  printTable(
+    [
+      "model",
+      "method",
+      "dtype",
+      "B×T",
+      "tok/s",
+      "median ms",
+      "min ms",
+      "max ms",
+      "GFLOP/step",
+      "MFU %",
+      "dispatches",
+      "submits",
+      "waits",
+    ],
+    rows.map((r) => [
+      r.model,
+      r.method,
+      r.dtype,
+      `${r.batch}×${r.seqLen}`,
+      r.tokensPerSecond.toFixed(0),
+      r.medianMs.toFixed(0),
+      r.minMs.toFixed(0),
+      r.maxMs.toFixed(0),
+      (r.flopsPerStep / 1e9).toFixed(2),
+      (100 * r.mfu).toFixed(1),
+      r.dispatchesPerStep.toFixed(0),
+      r.submitsPerStep.toFixed(0),
+      r.waitsPerStep.toFixed(0),
+    ]),
+  );
+  return { ceilingGflops, warmup: args.warmup, steps: args.steps, rows };
+}
+
+// ---- memory ----
+
+interface MemoryRow {
+  method: Method;
+  rank: number;
+  peak: Record<MemoryClass, number>;
+  peakTotal: number;
+  ratioToFull: number;
+}
+
+async function runMemory(args: BenchArgs) {
+  const rows: MemoryRow[] = [];
+  for (const method of METHODS) {
+    const c: StepConfig = { model: args.memoryModel, method, dtype: "bf16", batch: 1, seqLen: 64 };
+    const trainer = await createTrainer(c, args.memoryRank);
+    try {
+      // The window covers what is live before the step (parameters, optimizer state) and
+      // everything the step allocates: gradients, activations and backward scratch.
+      ledger.resetPeak();
+      await trainer.trainStep();
+      rows.push({
+        method,
+        rank: args.memoryRank,
+        peak: { ...ledger.peak },
+        peakTotal: ledger.peakTotal,
+        ratioToFull: NaN,
+      });
+    } finally {
+      disposeTrainer(trainer);
+    }
+    console.error(`memory: ${args.memoryModel} ${method} done`);
+  }
+  const full = rows.find((r) => r.method === "full")!.peakTotal;
+  for (const r of rows) r.ratioToFull = r.peakTotal / full;
+
+  console.log(
+    `${args.memoryModel}, batch 1 × seq 64, bf16, rank ${args.memoryRank}; peak MiB per class ` +
+      "(each class's own peak) and the peak of the total",
+  );
+  printTable(
+    ["method", ...MEMORY_CLASSES, "peak total", "× full"],
+    rows.map((r) => [
+      r.method,
+      ...MEMORY_CLASSES.map((cls) => mib(r.peak[cls])),
+      mib(r.peakTotal),
+      r.ratioToFull.toFixed(3),
+    ]),
+  );
+  return { model: args.memoryModel, batch: 1, seqLen: 64, dtype: "bf16", rows };
+}
+
+// ---- data ----
+
+async function runData() {
+  const r = await benchData();
+  printTable(["path", "tokens", "tokens/s"], [
+    [".bin loader, 16 × 1024 batches", r.binTokens, r.binTokensPerSecond.toFixed(0)],
+    ["GPT-2 encode, Brown Corpus", r.gpt2Tokens, r.gpt2TokensPerSecond.toFixed(0)],
+  ]);
+  return r;
+}
+
+// ---- profile ----
+
+interface KindRow {
+  kind: string;
+  dispatches: number;
+  ms: number;
+}
+
+// Kernel kind of a dispatch label such as "gemm(512x128 @ 128x128ᵀ)": the text before "(".
+function kernelKind(label: string): string {
+  const open = label.indexOf("(");
+  return open < 0 ? label : label.slice(0, open);
+}
+
+/**
+ * Records one training step while capturing its dispatches, then replays them in groups,
+ * one submission and one wait per group, 3 times. Each group's time is the median replay
+ * minus the time of an empty submit-and-wait. The replay reuses the step's
+ * buffers, which still exist in the pool, and overwrites the trainer's parameters, so the
+ * trainer is unusable afterwards.
+ */
+async function profileStep(trainer: Trainer) {
+  const g = gpu();
+  const captured: Dispatch[] = [];
+  const original = g.dispatch.bind(g);
+  let recordMs = 0;
+  g.dispatch = (d) => {
+    const uniforms = d.uniforms === undefined ? undefined : structuredClone(d.uniforms);
+    captured.push({ ...d, buffers: [...d.buffers], uniforms });
+    const t0 = performance.now();
+    original(d);
+    recordMs += performance.now() - t0;
+  };
+  const t0 = performance.now();
+  try {
+    await trainer.trainStep();
+  } finally {
+    delete (g as Partial<Gpu>).dispatch;
+  }
+  const stepMs = performance.now() - t0;
+
+  // An empty submit-and-wait: a 16-byte clear.
+  const probe = empty([4], { memoryClass: "scratch" });
+  const emptyWaits: number[] = [];
+  for (let i = 0; i < 5; i++) {
+    const s = performance.now();
+    g.clear(probe.buffer, 0, 16);
+    await g.sync();
+    emptyWaits.push(performance.now() - s);
+  }
+  probe.dispose();
+  const waitMs = median(emptyWaits);
+
+  // GEMMs are grouped by their full label, which names the shapes, and the other kernels
+  // by kind.
+  const groups = new Map<string, Dispatch[]>();
+  for (const d of captured) {
+    const key = kernelKind(d.label) === "gemm" ? d.label : kernelKind(d.label);
+    groups.set(key, [...(groups.get(key) ?? []), d]);
+  }
+  const timed: KindRow[] = [];
+  for (const [key, list] of groups) {
+    const samples: number[] = [];
+    for (let r = 0; r < 3; r++) {
+      const s = performance.now();
+      for (const d of list) g.dispatch(d);
+      await g.sync();
+      samples.push(performance.now() - s);
+    }
+    timed.push({ kind: key, dispatches: list.length, ms: Math.max(0, median(samples) - waitMs) });
+  }
+
+  const kinds = new Map<string, KindRow>();
+  for (const row of timed) {
+    const kind = kernelKind(row.kind);
+    const sum = kinds.get(kind) ?? { kind, dispatches: 0, ms: 0 };
+    sum.dispatches += row.dispatches;
+    sum.ms += row.ms;
+    kinds.set(kind, sum);
+  }
+  const byTime = (a: KindRow, b: KindRow) => b.ms - a.ms;
+  return {
+    stepMs,
+    recordMs,
+    waitMs,
+    dispatches: captured.length,
+    kinds: [...kinds.values()].sort(byTime),
+    gemms: timed.filter((row) => kernelKind(row.kind) === "gemm").sort(byTime),
+  };
+}
+
+async function runProfile(args: BenchArgs) {
+  const results = [];
+  for (const method of ["full", "bpt"] as const) {
+    const c: StepConfig = { model: "qwen2.5-tiny", method, dtype: "bf16", batch: 8, seqLen: 64 };
+    const trainer = await createTrainer(c, args.rank);
+    try {
+      for (let i = 0; i < Math.max(1, args.warmup); i++) await trainer.trainStep();
+      const p = await profileStep(trainer);
+      const kernelMs = p.kinds.reduce((s, k) => s + k.ms, 0);
+      console.log(
+        `${c.model} ${method} ${c.dtype} ${c.batch}×${c.seqLen}: step ${p.stepMs.toFixed(0)} ms, ` +
+          `${p.dispatches} dispatches, recording them ${p.recordMs.toFixed(0)} ms, ` +
+          `kernels replayed by kind ${kernelMs.toFixed(0)} ms, empty submit-and-wait ` +
+          `${p.waitMs.toFixed(1)} ms`,
+      );
+      printTable(
+        ["kernel", "dispatches", "ms/step", "% of kernels"],
+        p.kinds.map((k) => [
+          k.kind,
+          k.dispatches,
+          k.ms.toFixed(1),
+          (100 * k.ms / kernelMs).toFixed(1),
+        ]),
+      );
+      console.log(`slowest GEMM shapes of the ${p.gemms.length}:`);
+      printTable(
+        ["gemm", "dispatches", "ms/step"],
+        p.gemms.slice(0, 8).map((k) => [k.kind, k.dispatches, k.ms.toFixed(1)]),
+      );
+      console.log("");
+      results.push({ ...c, rank: args.rank, ...p });
+    } finally {
+      disposeTrainer(trainer);
+    }
+  }
+  return results;
+}
+
+// ---- results file ----
+
+interface ResultsFile {
+  adapter: string;
+  suites: Record<string, unknown>;
+}
+
+async function saveResults(dir: string, suite: Suite, result: unknown): Promise<string> {
+  const adapter = gpu().description;
+  const path = `${dir}/${adapterSlug(adapter)}.json`;
+  let file: ResultsFile = { adapter, suites: {} };
+  try {
+    file = JSON.parse(await Deno.readTextFile(path));
+  } catch (error) {
+    if (!(error instanceof Deno.errors.NotFound)) {
+      throw new OptionsError(`cannot read ${path} (${(error as Error).message}): fix or delete it`);
+    }
+  }
+  file.adapter = adapter;
+  file.suites[suite] = {
+    date: new Date().toISOString(),
+    adapter,
+    deno: Deno.version.deno,
+    result,
+  };
+  await Deno.mkdir(dir, { recursive: true });
+  await Deno.writeTextFile(path, JSON.stringify(file, null, 2) + "\n");
+  return path;
+}
+
+// The step suite's MFU needs a ceiling: this run's gemm result, else the saved one.
+async function savedCeiling(dir: string): Promise<number | null> {
+  try {
+    const file: ResultsFile = JSON.parse(
+      await Deno.readTextFile(`${dir}/${adapterSlug(gpu().description)}.json`),
+    );
+    const gemmSuite = file.suites.gemm as { result?: { ceilingGflops?: number } } | undefined;
+    return gemmSuite?.result?.ceilingGflops ?? null;
+  } catch (error) {
+    if (error instanceof Deno.errors.NotFound || error instanceof SyntaxError) return null;
+    throw error;
+  }
+}
+
+async function main() {
+  const args = parseBenchArgs(Deno.args);
+  if (args.help) {
+    console.log(BENCH_HELP);
+    return;
+  }
+  const g = await initGpu();
+  const waits = countWaits(g);
+  let ceiling: number | null = null;
+  if (args.suites.includes("step") && !args.suites.includes("gemm")) {
+    ceiling = await savedCeiling(args.out);
+    if (ceiling === null) {
+      console.error("step: no saved gemm result for this adapter, running gemm");
+    }
+  }
+  for (const suite of args.suites) {
+    console.log(`\n== ${suite} ==`);
+    let result: unknown;
+    switch (suite) {
+      case "gemm": {
+        const r = await runGemm();
+        ceiling = r.ceilingGflops;
+        result = r;
+        break;
+      }
+      case "step":
+        if (ceiling === null) {
+          const r = await runGemm();
+          ceiling = r.ceilingGflops;
+          await saveResults(args.out, "gemm", r);
+        }
+        result = await runStep(args, ceiling, waits);
+        break;
+      case "memory":
+        result = await runMemory(args);
+        break;
+      case "data":
+        result = await runData();
+        break;
+      case "profile":
+        result = await runProfile(args);
+        break;
+    }
+    const path = await saveResults(args.out, suite, result);
+    console.log(`saved to ${path}`);
+  }
+}
+
+if (import.meta.main) await runCli(main);

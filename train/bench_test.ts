@@ -1,0 +1,121 @@
+import assert from "node:assert/strict";
+import { initGpu, ledger } from "../core/tensor.ts";
+import { getPreset } from "../layers/config.ts";
+import { CausalLM } from "../layers/model.ts";
+import { countParams } from "../layers/params.ts";
+import { adapterSlug, parseBenchArgs } from "./bench.ts";
+
+await initGpu();
+
+const SCRIPT = new URL("./bench.ts", import.meta.url).pathname;
+
+// qwen2.5-micro: vocabulary 97, hidden 32, intermediate 64, 2 layers, 4 query heads and 2 KV
+// heads of size 8, q/k/v biases, tied embedding. Its linears (out n × in m) per layer:
+// q 32×32, k 16×32, v 16×32, o 32×32, gate 64×32, up 64×32, down 32×64.
+const EMBED = 97 * 32;
+const NORMS_PER_LAYER = 32 + 32;
+const WEIGHTS_PER_LAYER = 1024 + 512 + 512 + 1024 + 2048 + 2048 + 2048;
+const BIASES_PER_LAYER = 32 + 16 + 16;
+const FINAL_NORM = 32;
+// Σ (n + m) over the seven linears of a layer.
+const SUM_N_PLUS_M = 64 + 48 + 48 + 64 + 96 + 96 + 96;
+
+// Storage bytes as the ledger counts them: 4 per f32 element, 2 per bf16 element packed
+// into whole 4-byte words.
+function f32Bytes(elements: number): number {
+  return 4 * elements;
+}
+function bf16Bytes(elements: number): number {
+  return 4 * Math.ceil(elements / 2);
+}
+
+// Every parameter tensor of plain micro, one element count each.
+function plainTensors(): number[] {
+  const perLayer = [32, 32, 1024, 32, 512, 16, 512, 16, 1024, 2048, 2048, 2048];
+  return [EMBED, ...perLayer, ...perLayer, FINAL_NORM];
+}
+
+Deno.test("micro tensor list matches countParams", () => {
+  const total = plainTensors().reduce((s, n) => s + n, 0);
+  assert.equal(total, 21824);
+  assert.equal(
+    total,
+    EMBED + 2 * (NORMS_PER_LAYER + WEIGHTS_PER_LAYER + BIASES_PER_LAYER) + FINAL_NORM,
+  );
+  assert.equal(countParams(getPreset("qwen2.5-micro"), "full", 1).total, total);
+});
+
+Deno.test("ledger parameter bytes of full models", () => {
+  const cfg = getPreset("qwen2.5-micro");
+  const cases = [
+    { dtype: "f32" as const, bytes: plainTensors().reduce((s, n) => s + f32Bytes(n), 0) },
+    { dtype: "bf16" as const, bytes: plainTensors().reduce((s, n) => s + bf16Bytes(n), 0) },
+  ];
+  assert.equal(cases[0].bytes, 87296);
+  assert.equal(cases[1].bytes, 43648);
+  for (const { dtype, bytes } of cases) {
+    const before = ledger.live.parameters;
+    const model = new CausalLM(cfg, { method: "full", rank: 1, dtype });
+    assert.equal(ledger.live.parameters - before, bytes, dtype);
+    model.dispose();
+    assert.equal(ledger.live.parameters, before, `${dtype} after dispose`);
+  }
+});
+
+Deno.test("ledger parameter bytes of bpt bf16", () => {
+  // Every linear wraps at rank 4 (n + m + 4(n + m) < n·m), adding U n×4 and V 4×m in bf16
+  // and the diagonals a (n) and b (m) in f32.
+  const rank = 4;
+  const perLayer = [32, 16, 16, 32, 64, 64, 32].flatMap((n, i) => {
+    const m = [32, 32, 32, 32, 32, 32, 64][i];
+    return [bf16Bytes(n * rank), bf16Bytes(rank * m), f32Bytes(n), f32Bytes(m)];
+  });
+  const adapters = 2 * perLayer.reduce((s, b) => s + b, 0);
+  assert.equal(adapters, 2 * (2 * rank * SUM_N_PLUS_M + 4 * SUM_N_PLUS_M));
+  const expected = plainTensors().reduce((s, n) => s + bf16Bytes(n), 0) + adapters;
+  assert.equal(expected, 55936);
+
+  const before = ledger.live.parameters;
+  const model = new CausalLM(getPreset("qwen2.5-micro"), { method: "bpt", rank, dtype: "bf16" });
+  assert.equal(ledger.live.parameters - before, expected);
+  model.dispose();
+  assert.equal(ledger.live.parameters, before);
+});
+
+Deno.test("bench args: suites and defaults", () => {
+  const all = parseBenchArgs([]);
+  assert.deepEqual(all.suites, ["gemm", "step", "memory", "data"]);
+  assert.equal(all.steps, 5);
+  assert.equal(all.warmup, 2);
+  assert.equal(all.memoryModel, "qwen2.5-0.5b");
+  assert.equal(all.memoryRank, 128);
+  const some = parseBenchArgs(["memory", "gemm", "--memory-model", "qwen2.5-100m"]);
+  assert.deepEqual(some.suites, ["gemm", "memory"]);
+  assert.equal(some.memoryModel, "qwen2.5-100m");
+});
+
+Deno.test("adapter slug", () => {
+  assert.equal(adapterSlug("llvmpipe (LLVM 15.0.6, 256 bits)"), "llvmpipe-llvm-15-0-6-256-bits");
+  assert.equal(adapterSlug("  "), "unknown-adapter");
+});
+
+Deno.test("bench CLI rejects an unknown suite", async () => {
+  const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", SCRIPT, "gem"],
+  }).output();
+  const message = new TextDecoder().decode(stderr).trim();
+  assert.equal(code, 2);
+  assert.equal(new TextDecoder().decode(stdout), "");
+  assert.equal(message, 'error: unknown suite "gem": use one of gemm, step, memory, data, profile');
+});
+
+Deno.test("bench CLI rejects a bad step count", async () => {
+  const { code, stderr } = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", SCRIPT, "--steps", "0"],
+  }).output();
+  assert.equal(code, 2);
+  assert.equal(
+    new TextDecoder().decode(stderr).trim(),
+    "error: --steps 0 is invalid: use an integer ≥ 1",
+  );
+});
