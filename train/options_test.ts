@@ -44,24 +44,24 @@ Deno.test("parseTrainArgs defaults", () => {
   assert.equal(o.method, "bpt");
   assert.equal(o.rank, 32);
   assert.equal(o.alpha, 32);
-  assert.equal(o.mergeEvery, 100);
-  assert.equal(o.reloraWarmup, 50);
+  assert.equal(o.mergeEvery, 50);
+  assert.equal(o.reloraWarmup, 25);
   assert.equal(o.reloraPrune, 0.9);
   assert.equal(o.lr, null);
   assert.equal(o.minLrRatio, 0.1);
   assert.equal(o.schedule, "wsd");
-  assert.equal(o.steps, 300);
+  assert.equal(o.steps, 200);
   assert.equal(o.tokens, null);
-  // 5 % and 20 % of 300 steps.
-  assert.equal(o.warmup, 15);
-  assert.equal(o.decaySteps, 60);
+  // 5 % and 20 % of 200 steps.
+  assert.equal(o.warmup, 10);
+  assert.equal(o.decaySteps, 40);
   assert.equal(o.batch, 8);
   assert.equal(o.gradAccum, 1);
   assert.equal(o.seqLen, 64);
   assert.equal(o.data, "brown");
   assert.equal(o.tokenizer, "gpt2");
   assert.equal(o.evalEvery, 50);
-  assert.equal(o.evalTokens, 16384);
+  assert.equal(o.evalTokens, 8192);
   assert.equal(o.logEvery, 10);
   assert.equal(o.saveEvery, 50);
   assert.equal(o.dtype, "bf16");
@@ -220,18 +220,18 @@ Deno.test("parseTrainArgs sequence length limit", () => {
 });
 
 Deno.test("parseTrainArgs schedule lengths", () => {
-  // Default decay is 60 of 300 steps, so 241 warm-up steps leave no room.
-  assert.equal(parseTrainArgs(["--warmup", "240"]).warmup, 240);
-  assertRejects(["--warmup", "241"], "--warmup 241", "--decay-steps 60", "--steps 300");
-  assertRejects(["--schedule", "cosine", "--warmup", "300"], "--warmup 300", "cosine");
-  assert.equal(parseTrainArgs(["--schedule", "constant", "--warmup", "300"]).warmup, 300);
+  // Default decay is 40 of 200 steps, so 161 warm-up steps leave no room.
+  assert.equal(parseTrainArgs(["--warmup", "160"]).warmup, 160);
+  assertRejects(["--warmup", "161"], "--warmup 161", "--decay-steps 40", "--steps 200");
+  assertRejects(["--schedule", "cosine", "--warmup", "200"], "--warmup 200", "cosine");
+  assert.equal(parseTrainArgs(["--schedule", "constant", "--warmup", "200"]).warmup, 200);
   assertRejects(
-    ["--method", "relora", "--relora-warmup", "101"],
-    "--relora-warmup 101",
-    "--merge-every 100",
+    ["--method", "relora", "--relora-warmup", "51"],
+    "--relora-warmup 51",
+    "--merge-every 50",
   );
   // Only ReLoRA restarts its learning rate, so the check does not apply to BPT.
-  assert.equal(parseTrainArgs(["--method", "bpt", "--relora-warmup", "101"]).reloraWarmup, 101);
+  assert.equal(parseTrainArgs(["--method", "bpt", "--relora-warmup", "51"]).reloraWarmup, 51);
 });
 
 Deno.test("parseTrainArgs out and resume", () => {
