@@ -103,7 +103,7 @@ export function backward(loss: Tensor, seed?: Tensor): void {
       // Free dy and gradients already added into a leaf's grad, unless another
       // key of `grads` still refers to them.
       const live = new Set([...grads.values()].map(baseOf));
-      for (const t of new Set([dy, ...spent])) {
+      for (const t of new Set([baseOf(dy), ...spent])) {
         if (t !== seedGrad && !live.has(t) && !shared.has(t)) t.dispose();
       }
     }
@@ -114,8 +114,8 @@ export function backward(loss: Tensor, seed?: Tensor): void {
   }
 }
 
-// Adds dx into x's gradient. Returns true when dx went into a leaf's persistent
-// grad, so the caller may free it.
+// Adds dx into x's gradient. Returns true when dx's values were added into
+// another buffer (a leaf's grad, or an earlier gradient), so the caller may free it.
 function accumulate(
   grads: Map<Tensor, Tensor>,
   shared: Set<Tensor>,
@@ -148,7 +148,7 @@ function accumulate(
   } else {
     addInto(prev, g);
   }
-  return false;
+  return true;
 }
 
 function ones(shape: readonly number[]): Tensor {

@@ -149,7 +149,8 @@ export function beginScope() {
 export function endScope(keep: Tensor[] = []) {
   const scope = scopes.pop();
   if (!scope) throw new Error("endScope() without beginScope()");
-  const kept = new Set(keep);
+  // A kept view keeps its base buffer alive.
+  const kept = new Set(keep.map((t) => t instanceof TensorView ? t.root : t));
   for (const t of scope) {
     if (kept.has(t)) scopes.at(-1)?.add(t);
     else t.dispose();
@@ -293,6 +294,11 @@ export class TensorView extends Tensor {
 
   override get disposed(): boolean {
     return this.base.disposed;
+  }
+
+  /** The tensor that owns the buffer, past any chain of views. */
+  get root(): Tensor {
+    return this.base instanceof TensorView ? this.base.root : this.base;
   }
 
   override dispose() {}

@@ -379,8 +379,8 @@ export function configFromHf(input: unknown): ModelConfig {
     headDim,
     ropeTheta: readRopeTheta(json),
     rmsNormEps: positiveNumber("rms_norm_eps", json.rms_norm_eps),
-    // transformers' PretrainedConfig defaults tie_word_embeddings to true.
-    tieEmbeddings: tie ?? true,
+    // Qwen2Config and Olmo2Config in transformers default tie_word_embeddings to false.
+    tieEmbeddings: tie ?? false,
     // transformers' Qwen2Attention builds q/k/v with bias whatever the config contains.
     qkvBias: arch === "qwen2",
     maxSeqLen: positiveInt(json, "max_position_embeddings"),

@@ -16,7 +16,7 @@ import { cast } from "../core/ops/cast.ts";
 import { add, mul, scale } from "../core/ops/elementwise.ts";
 import { linear as linearOp, matmul } from "../core/ops/matmul.ts";
 import { rand, randn } from "../core/random.ts";
-import { type DType, fromArray, gpu, type Tensor, zeros } from "../core/tensor.ts";
+import { type DType, fromArray, gpu, scoped, type Tensor, zeros } from "../core/tensor.ts";
 import { adapterParamCount, type Method, ParamsError, wrapsLinear } from "./params.ts";
 
 /** A parameter with the name it has in checkpoints and whether AdamW decays it. */
@@ -248,13 +248,15 @@ class LinearLayer implements Linear {
       : [this.loraB!, this.loraA!, this.alpha / this.rank];
 
     // W ← W + factor · left · right, summed in f32 and rounded once into W's dtype.
-    noGrad(() => {
-      const update = matmul(left, right);
-      const sum = add(cast(this.weight, "f32"), factor === 1 ? update : scale(update, factor));
-      const merged = this.weight.dtype === "f32" ? sum : cast(sum, this.weight.dtype);
-      gpu().copy(merged.buffer, 0, this.weight.buffer, 0, this.weight.byteLength);
-      for (const t of [update, sum, merged]) t.dispose();
-    });
+    noGrad(() =>
+      scoped(() => {
+        const update = matmul(left, right);
+        const scaled = factor === 1 ? update : scale(update, factor);
+        const sum = add(cast(this.weight, "f32"), scaled);
+        const merged = this.weight.dtype === "f32" ? sum : cast(sum, this.weight.dtype);
+        gpu().copy(merged.buffer, 0, this.weight.buffer, 0, this.weight.byteLength);
+      })
+    );
     this.merges++;
 
     if (this.method === "bpt") {
@@ -268,19 +270,21 @@ class LinearLayer implements Linear {
   }
 
   async effectiveWeight(): Promise<Float32Array> {
-    const dense = noGrad(() => {
-      const w = cast(this.weight, "f32");
-      switch (this.method) {
-        case "full":
-        case "hyperadapt":
-          return w;
-        case "bpt":
-          return add(w, matmul(this.u!, this.v!));
-        case "lora":
-        case "relora":
-          return add(w, scale(matmul(this.loraB!, this.loraA!), this.alpha / this.rank));
-      }
-    });
+    const dense = noGrad(() =>
+      scoped(() => {
+        const w = cast(this.weight, "f32");
+        switch (this.method) {
+          case "full":
+          case "hyperadapt":
+            return w;
+          case "bpt":
+            return add(w, matmul(this.u!, this.v!));
+          case "lora":
+          case "relora":
+            return add(w, scale(matmul(this.loraB!, this.loraA!), this.alpha / this.rank));
+        }
+      })
+    );
     const values = await dense.toArray();
     dense.dispose();
     if (this.a && this.b) {

@@ -7,8 +7,9 @@
 //   <out>/checkpoint/trainer.json           step, tokens, data-loader state, merge counts, options
 //
 // A checkpoint is written into a temporary directory and renamed into place.
-// The previous one is moved aside first and removed last, so a crash at any
-// point leaves a complete checkpoint at `checkpoint` or `checkpoint.prev`.
+// The previous one is kept as `checkpoint.prev`, so a crash at any point leaves
+// a complete checkpoint, and a run that diverges right after a save can roll
+// back to the one before (see `rollBack`).
 
 import { openSafetensors, type TensorEntry, writeSafetensors } from "../core/safetensors.ts";
 import { loadModelState, saveModelState } from "../layers/checkpoint.ts";
@@ -51,10 +52,11 @@ export async function saveCheckpoint(trainer: Trainer, out: string): Promise<str
     await Deno.writeTextFile(`${tmp}/trainer.json`, JSON.stringify(state, null, 1) + "\n");
 
     const prev = `${out}/checkpoint.prev`;
-    await Deno.remove(prev, { recursive: true }).catch(() => {});
-    if (await exists(final)) await Deno.rename(final, prev);
+    if (await exists(final)) {
+      await Deno.remove(prev, { recursive: true }).catch(() => {});
+      await Deno.rename(final, prev);
+    }
     await Deno.rename(tmp, final);
-    await Deno.remove(prev, { recursive: true }).catch(() => {});
     return final;
   } catch (e) {
     await Deno.remove(tmp, { recursive: true }).catch(() => {});
@@ -69,6 +71,27 @@ async function exists(path: string): Promise<boolean> {
   } catch {
     return false;
   }
+}
+
+/**
+ * Retires a checkpoint saved at or after `step`, whose weights produced a
+ * non-finite loss: it moves to `checkpoint.diverged`, and `checkpoint.prev`
+ * (when there is one) becomes current. Returns the step of the checkpoint now
+ * current, or null when none is left.
+ */
+export async function rollBack(out: string, step: number): Promise<number | null> {
+  const final = `${out}/checkpoint`;
+  const prev = `${out}/checkpoint.prev`;
+  const stepOf = async (dir: string) =>
+    await exists(`${dir}/trainer.json`) ? (await readTrainerState(dir)).step : null;
+  const current = await stepOf(final);
+  if (current !== null && current >= step) {
+    const diverged = `${out}/checkpoint.diverged`;
+    await Deno.remove(diverged, { recursive: true }).catch(() => {});
+    await Deno.rename(final, diverged);
+    if ((await stepOf(prev)) !== null) await Deno.rename(prev, final);
+  }
+  return await stepOf(final);
 }
 
 /** Finds the checkpoint directory to resume from in `out`, or throws a one-line error. */

@@ -9,7 +9,13 @@ import { gpu, ledger, MEMORY_CLASSES } from "../core/tensor.ts";
 import { countParams } from "../layers/params.ts";
 import { exportModel } from "../layers/checkpoint.ts";
 import type { ModelConfig } from "../layers/config.ts";
-import { findCheckpoint, loadCheckpoint, readTrainerState, saveCheckpoint } from "./checkpoint.ts";
+import {
+  findCheckpoint,
+  loadCheckpoint,
+  readTrainerState,
+  rollBack,
+  saveCheckpoint,
+} from "./checkpoint.ts";
 import { mfu, stepFlops } from "./flops.ts";
 import { OptionsError, type TrainOptions } from "./options.ts";
 import { lineChart } from "./svg.ts";
@@ -213,6 +219,19 @@ export async function runTraining(
     return valLoss;
   };
 
+  // Builds the error that stops a diverged run. A checkpoint saved at or after
+  // step `badWeights` holds weights that gave the non-finite value, so it is
+  // replaced by the one before it.
+  const diverged = async (what: string, step: number, badWeights: number, lr: number) => {
+    const kept = await rollBack(out, badWeights);
+    const next = kept === null
+      ? "no checkpoint was saved before it"
+      : `${out}/checkpoint keeps step ${kept}; continue with a lower learning rate than ${
+        lr.toExponential(1)
+      }: --resume ${out} --lr ${(lr / 10).toExponential(0)}`;
+    return new DivergedError(`${what} at step ${step}: the run stopped; ${next}`);
+  };
+
   const tty = Deno.stdout.isTerminal() && !hooks.log;
   const started = performance.now();
   let timedTokens = 0;
@@ -224,11 +243,8 @@ export async function runTraining(
     while (trainer.step < opts.steps && !interrupted) {
       const r: StepResult = await trainer.trainStep();
       if (!Number.isFinite(r.loss)) {
-        throw new DivergedError(
-          `loss is ${r.loss} at step ${r.step}: the run stopped and ${out}/checkpoint keeps the last good state; resume with a lower --lr (now ${
-            r.lr.toExponential(1)
-          })`,
-        );
+        // The loss of step s is computed with the weights saved at step s − 1.
+        throw await diverged(`loss is ${r.loss}`, r.step, r.step - 1, r.lr);
       }
       // The first steps compile pipelines; leave them out of the throughput.
       if (r.step > Math.min(2, opts.steps - 1)) {
@@ -271,9 +287,7 @@ export async function runTraining(
       if (r.step % opts.evalEvery === 0 || r.step === opts.steps) {
         const v = await evaluate();
         if (!Number.isFinite(v)) {
-          throw new DivergedError(
-            `validation loss is ${v} at step ${r.step}: ${out}/checkpoint keeps the last good state; resume with a lower --lr`,
-          );
+          throw await diverged(`validation loss is ${v}`, r.step, r.step, r.lr);
         }
       }
       if (r.step % opts.saveEvery === 0 || r.step === opts.steps) {

@@ -219,7 +219,7 @@ for (const [name, args, pattern] of BAD_INPUT) {
   });
 }
 
-Deno.test("non-finite loss stops the run with a one-line error", async () => {
+Deno.test("non-finite loss stops the run", async () => {
   const out = await Deno.makeTempDir();
   const run = await new Deno.Command(Deno.execPath(), {
     args: trainArgs(out, ["--lr", "1e12", "--warmup", "0", "--steps", "30", "--save-every", "1"]),
@@ -231,8 +231,65 @@ Deno.test("non-finite loss stops the run with a one-line error", async () => {
   assert.equal(run.code, 2, stderr);
   assert.equal(lines.length, 1, stderr);
   assert.match(lines[0], /loss is (NaN|Infinity|-Infinity) at step \d+/);
-  assert.match(lines[0], /lower --lr/);
-  // The checkpoint kept is from before the failing step.
+
+  // The loss of step s comes from the weights saved at step s − 1, so the run
+  // keeps only a checkpoint from before those, and says which.
   const failedAt = Number(lines[0].match(/at step (\d+)/)![1]);
-  assert.equal(await checkpointStep(out), failedAt - 1);
+  const kept = await checkpointStep(out);
+  if (failedAt >= 3) {
+    assert.equal(kept, failedAt - 2);
+    assert.match(lines[0], new RegExp(`keeps step ${kept}; .*--resume .* --lr 1e\\+11`));
+  } else {
+    assert.equal(kept, -1);
+    assert.match(lines[0], /no checkpoint was saved before it/);
+  }
+});
+
+Deno.test("rollBack retires checkpoints from bad weights", async () => {
+  const { rollBack } = await import("./checkpoint.ts");
+  const out = await Deno.makeTempDir();
+  const fake = async (dir: string, step: number) => {
+    await Deno.mkdir(`${out}/${dir}`);
+    await Deno.writeTextFile(`${out}/${dir}/trainer.json`, JSON.stringify({ version: 1, step }));
+  };
+  await fake("checkpoint.prev", 4);
+  await fake("checkpoint", 5);
+  // Weights of step 6 and later are bad: step 5 stays.
+  assert.equal(await rollBack(out, 6), 5);
+  // Weights of step 5 are bad: step 4 becomes current, step 5 moves aside.
+  assert.equal(await rollBack(out, 5), 4);
+  assert.equal(
+    JSON.parse(await Deno.readTextFile(`${out}/checkpoint.diverged/trainer.json`)).step,
+    5,
+  );
+  // Weights of step 4 are bad too and nothing older is left.
+  assert.equal(await rollBack(out, 4), null);
+});
+
+Deno.test("resume changes the learning rate, not the model", async () => {
+  const out = await Deno.makeTempDir();
+  const first = await new Deno.Command(Deno.execPath(), {
+    args: trainArgs(out, ["--steps", "2", "--warmup", "0", "--save-every", "1"]),
+    stdout: "null",
+    stderr: "piped",
+  }).output();
+  assert.equal(first.code, 0, new TextDecoder().decode(first.stderr));
+
+  const resumed = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", MAIN, "--resume", out, "--lr", "1e-4", "--steps", "4"],
+    stdout: "null",
+    stderr: "piped",
+  }).output();
+  assert.equal(resumed.code, 0, new TextDecoder().decode(resumed.stderr));
+  const state = JSON.parse(await Deno.readTextFile(`${out}/checkpoint/trainer.json`));
+  assert.equal(state.options.lr, 1e-4);
+  assert.equal(state.step, 4);
+
+  const refused = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", MAIN, "--resume", out, "--rank", "3"],
+    stdout: "null",
+    stderr: "piped",
+  }).output();
+  assert.equal(refused.code, 2);
+  assert.match(new TextDecoder().decode(refused.stderr), /--rank cannot change when resuming/);
 });

@@ -8,6 +8,7 @@
 import { record } from "../autograd.ts";
 import { empty, gpu, ShapeError, type Tensor } from "../tensor.ts";
 import { flatIndex, grid1d, main1d, storage, uniforms, window, windowElements } from "../wgsl.ts";
+import { rowBlocks } from "./rows.ts";
 
 // How `b` combines with `a`: same shape, or `b` repeats every `b.numel` elements
 // of `a` (a's trailing dims equal b's shape: a bias or a norm weight).
@@ -197,8 +198,9 @@ export function sumRows(x: Tensor, cols: number): Tensor {
   const rows = x.numel / cols;
   const out = empty([cols]);
   // One invocation per column, walking the rows: fine for bias-sized outputs.
+  // Row blocks keep each window of x within one binding; later blocks add to O.
   const code = `
-struct P { rows: u32, cols: u32 }
+struct P { rows: u32, cols: u32, ox: u32, first: u32 }
 @group(0) @binding(0) var<uniform> p: P;
 ${storage(1, "X", x.dtype)}
 @group(0) @binding(2) var<storage, read_write> O: array<f32>;
@@ -206,15 +208,19 @@ ${main1d()} {
   let c = ${flatIndex()};
   if (c >= p.cols) { return; }
   var s = 0.0;
-  for (var r = 0u; r < p.rows; r++) { s += ld_X(r * p.cols + c); }
-  O[c] = s;
+  for (var r = 0u; r < p.rows; r++) { s += ld_X(p.ox + r * p.cols + c); }
+  if (p.first == 1u) { O[c] = s; } else { O[c] = O[c] + s; }
 }`;
-  gpu().dispatch({
-    label: `sumRows(${rows}x${cols})`,
-    code,
-    buffers: [x.buffer, out.buffer],
-    uniforms: uniforms(rows, cols),
-    workgroups: grid1d(cols),
+  const blocks = rowBlocks("sumRows", rows, cols, x.dtype);
+  blocks.forEach((blk, i) => {
+    const wx = window(x, blk.start * cols, blk.count * cols);
+    gpu().dispatch({
+      label: `sumRows(${rows}x${cols})`,
+      code,
+      buffers: [wx.binding, out.buffer],
+      uniforms: uniforms(blk.count, cols, wx.offset, i === 0 ? 1 : 0),
+      workgroups: grid1d(cols),
+    });
   });
   return out;
 }

@@ -28,3 +28,28 @@ Deno.test("add, mul, scale gradients", async () => {
   }]);
   assert.ok(rep.maxRelError[0] < 1e-3);
 });
+
+Deno.test("sumRows split matches the unsplit sum", async () => {
+  const { gpu } = await import("../tensor.ts");
+  const { sumRows } = await import("./elementwise.ts");
+  const rows = 37, cols = 11;
+  const x = seededArray(rows * cols, 9);
+  const whole = await sumRows(fromArray(x, [rows, cols]), cols).toArray();
+  // CPU reference in f64.
+  for (let c = 0; c < cols; c++) {
+    let s = 0;
+    for (let r = 0; r < rows; r++) s += x[r * cols + c];
+    assert.ok(Math.abs(whole[c] - s) < 1e-5, `column ${c}: ${whole[c]} vs ${s}`);
+  }
+  const g = gpu();
+  const saved = g.bindingLimit;
+  try {
+    g.bindingLimit = 512;
+    const before = g.dispatchCount;
+    const split = await sumRows(fromArray(x, [rows, cols]), cols).toArray();
+    assert.ok(g.dispatchCount - before > 1, "sumRows was not split");
+    for (let c = 0; c < cols; c++) assert.ok(Math.abs(split[c] - whole[c]) < 1e-5);
+  } finally {
+    g.bindingLimit = saved;
+  }
+});

@@ -18,7 +18,16 @@
 
 import { record } from "../autograd.ts";
 import { type DType, empty, gpu, ShapeError, type Tensor } from "../tensor.ts";
-import { storage, uniforms, window, windowElements } from "../wgsl.ts";
+import {
+  flatIndex,
+  grid1d,
+  main1d,
+  storage,
+  uniforms,
+  type Window,
+  window,
+  windowElements,
+} from "../wgsl.ts";
 import { sumRows } from "./elementwise.ts";
 
 /** Workgroup shape and register tile of the GEMM kernel. */
@@ -31,6 +40,13 @@ export interface GemmConfig {
   tileM: number;
   /** Columns of C per invocation (a power of two, at least 4). */
   tileN: number;
+  /**
+   * Split K into slices that run in parallel when the tiles of C give fewer
+   * workgroups than this; 0 or absent never splits.
+   */
+  splitKWorkgroups?: number;
+  /** Minimum K per split-K slice, a multiple of 4. */
+  splitKMinK?: number;
 }
 
 let override: GemmConfig | null = null;
@@ -59,7 +75,14 @@ export function gemmConfig(): GemmConfig {
     subgroupMaxSize?: number;
   };
   if (info.isFallbackAdapter) {
-    return { workgroupX: info.subgroupMaxSize || 8, workgroupY: 1, tileM: 16, tileN: 16 };
+    return {
+      workgroupX: info.subgroupMaxSize || 8,
+      workgroupY: 1,
+      tileM: 16,
+      tileN: 16,
+      splitKWorkgroups: Number(Deno.env.get("SKW") ?? 0),
+      splitKMinK: Number(Deno.env.get("SKK") ?? 256),
+    };
   }
   // NOTE: the GPU configuration is checked for correctness on llvmpipe only;
   // its speed on discrete GPUs is unmeasured.
@@ -383,13 +406,94 @@ function dispatchBlock(run: Run, p: Problem, blk: Block) {
   const { a, b, c } = run;
   const originA = blk.aStart + (p.transA ? blk.k0 * p.lda + blk.m0 : blk.m0 * p.lda + blk.k0);
   const originB = blk.bStart + (p.transB ? blk.n0 * p.ldb + blk.k0 : blk.k0 * p.ldb + blk.n0);
-  const originC = blk.cStart + blk.m0 * p.ldc + blk.n0;
   const s = spans(p, blk.mb, blk.nb, Math.max(blk.kb, 1));
   const wa = window(a, originA, (blk.z - 1) * p.strideA + s.a);
   const wb = window(b, originB, (blk.z - 1) * p.strideB + s.b);
-  const wc = window(c, originC, (blk.z - 1) * p.strideC + s.c);
   const bias = blk.bias ? run.bias : null;
   const wbias = bias ? window(bias, blk.n0, blk.nb) : null;
+
+  const cfg = gemmConfig();
+  const splits = blk.z === 1 ? splitKSlices(cfg, blk) : 1;
+  if (splits <= 1) {
+    const originC = blk.cStart + blk.m0 * p.ldc + blk.n0;
+    const wc = window(c, originC, (blk.z - 1) * p.strideC + s.c);
+    dispatchKernel(run, p, blk, cfg, wa, wb, {
+      window: wc,
+      ldc: p.ldc,
+      strideC: p.strideC,
+      alpha: run.alpha,
+      beta: blk.beta,
+      bias: wbias,
+      kSplit: 0,
+    });
+    return;
+  }
+
+  // Split-K: slice z sums k in [z·kSplit, (z + 1)·kSplit) into its own
+  // [mb, nb] plane of a scratch tensor, and a second pass adds the planes in
+  // order, so the result does not depend on scheduling (no float atomics).
+  const kSplit = Math.ceil(blk.kb / splits / 4) * 4;
+  const slices = Math.ceil(blk.kb / kSplit);
+  const partial = empty([slices, blk.mb, blk.nb], { memoryClass: "scratch" });
+  try {
+    dispatchKernel(run, p, { ...blk, z: slices }, cfg, wa, wb, {
+      window: window(partial, 0, partial.numel),
+      ldc: blk.nb,
+      strideC: blk.mb * blk.nb,
+      alpha: 1,
+      beta: 0,
+      bias: null,
+      kSplit,
+    });
+    const originC = blk.cStart + blk.m0 * p.ldc + blk.n0;
+    dispatchSplitKSum(run, p, blk, partial, window(c, originC, s.c), wbias);
+  } finally {
+    // The pool may hand the buffer to a later dispatch, which the queue runs
+    // after these two.
+    partial.dispose();
+  }
+}
+
+// Number of split-K slices for a single (unbatched) block: enough to give
+// `splitKWorkgroups` workgroups, each slice at least `splitKMinK` long, and
+// all partial sums within one binding.
+function splitKSlices(cfg: GemmConfig, blk: Block): number {
+  const target = cfg.splitKWorkgroups ?? 0;
+  const minK = cfg.splitKMinK ?? 256;
+  if (target <= 0 || blk.kb < 2 * minK) return 1;
+  const tiles = Math.ceil(blk.mb / (cfg.tileM * cfg.workgroupY)) *
+    Math.ceil(blk.nb / (cfg.tileN * cfg.workgroupX));
+  if (tiles >= target) return 1;
+  const planes = Math.floor(windowElements("f32") / (blk.mb * blk.nb));
+  const maxZ = gpu().limits.maxComputeWorkgroupsPerDimension;
+  return Math.max(1, Math.min(Math.ceil(target / tiles), Math.floor(blk.kb / minK), planes, maxZ));
+}
+
+// Where and how one GEMM dispatch writes its tile of C.
+interface Output {
+  window: Window;
+  ldc: number;
+  strideC: number;
+  alpha: number;
+  beta: number;
+  bias: Window | null;
+  /** K per split-K slice (workgroup z), or 0 when z is the batch. */
+  kSplit: number;
+}
+
+function dispatchKernel(
+  run: Run,
+  p: Problem,
+  blk: Block,
+  cfg: GemmConfig,
+  wa: Window,
+  wb: Window,
+  out: Output,
+) {
+  const { a, b } = run;
+  const split = out.kSplit > 0;
+  const strideA = split ? 0 : p.strideA;
+  const strideB = split ? 0 : p.strideB;
 
   // vec4 loads need every vector dimension, leading dimension, stride and
   // offset to be a multiple of 4 elements.
@@ -398,22 +502,22 @@ function dispatchBlock(run: Run, p: Problem, blk: Block) {
     blk.kb,
     p.lda,
     p.ldb,
-    p.ldc,
-    p.strideA,
-    p.strideB,
-    p.strideC,
+    out.ldc,
+    strideA,
+    strideB,
+    out.strideC,
     wa.offset,
     wb.offset,
-    wc.offset,
+    out.window.offset,
   ];
   if (p.transA) multiples.push(blk.mb);
   const vec = multiples.every((x) => x % 4 === 0);
 
-  const cfg = gemmConfig();
   const tileM = Math.min(cfg.tileM, Math.max(vec && p.transA ? 4 : 1, nextPow2(blk.mb)));
   const tileN = Math.min(cfg.tileN, Math.max(4, nextPow2(blk.nb)));
   const spec: KernelSpec = {
-    ...cfg,
+    workgroupX: cfg.workgroupX,
+    workgroupY: cfg.workgroupY,
     tileM,
     tileN,
     transA: p.transA,
@@ -421,15 +525,18 @@ function dispatchBlock(run: Run, p: Problem, blk: Block) {
     dtypeA: a.dtype,
     dtypeB: b.dtype,
     vec,
-    beta: blk.beta !== 0,
-    bias: bias ? bias.dtype : null,
+    beta: out.beta !== 0,
+    bias: out.bias ? run.bias!.dtype : null,
+    splitK: split,
   };
-  const buffers: GPUBufferBinding[] = [wa.binding, wb.binding, wc.binding];
-  if (wbias) buffers.push(wbias.binding);
+  const buffers: GPUBufferBinding[] = [wa.binding, wb.binding, out.window.binding];
+  if (out.bias) buffers.push(out.bias.binding);
   gpu().dispatch({
     label: `gemm(${
-      blk.z > 1 ? `${blk.z}x ` : ""
-    }${run.label}, block ${blk.mb}x${blk.kb} @ ${blk.kb}x${blk.nb})`,
+      blk.z > 1 && !split ? `${blk.z}x ` : ""
+    }${run.label}, block ${blk.mb}x${blk.kb} @ ${blk.kb}x${blk.nb}${
+      split ? `, split-K ${blk.z}x${out.kSplit}` : ""
+    })`,
     code: kernel(spec),
     buffers,
     uniforms: uniforms(
@@ -438,16 +545,17 @@ function dispatchBlock(run: Run, p: Problem, blk: Block) {
       blk.kb,
       p.lda,
       p.ldb,
-      p.ldc,
+      out.ldc,
       wa.offset,
       wb.offset,
-      wc.offset,
-      p.strideA,
-      p.strideB,
-      p.strideC,
-      wbias ? wbias.offset : 0,
-      { f: run.alpha },
-      { f: blk.beta },
+      out.window.offset,
+      strideA,
+      strideB,
+      out.strideC,
+      out.bias ? out.bias.offset : 0,
+      { f: out.alpha },
+      { f: out.beta },
+      out.kSplit,
     ),
     workgroups: [
       Math.ceil(blk.nb / (tileN * cfg.workgroupX)),
@@ -455,6 +563,65 @@ function dispatchBlock(run: Run, p: Problem, blk: Block) {
       blk.z,
     ],
   });
+}
+
+// C = alpha · Σ_z partial[z] + bias + beta · C over one block, summing the
+// slices in order z = 0, 1, ...
+function dispatchSplitKSum(
+  run: Run,
+  p: Problem,
+  blk: Block,
+  partial: Tensor,
+  wc: Window,
+  wbias: Window | null,
+) {
+  const slices = partial.shape[0];
+  const biasDtype = wbias ? run.bias!.dtype : null;
+  const key = `splitK:${blk.beta !== 0}:${biasDtype}`;
+  let code = kernels.get(key);
+  if (!code) {
+    code = splitKSumKernel(blk.beta !== 0, biasDtype);
+    kernels.set(key, code);
+  }
+  const buffers: GPUBufferBinding[] = [window(partial, 0, partial.numel).binding, wc.binding];
+  if (wbias) buffers.push(wbias.binding);
+  gpu().dispatch({
+    label: `gemm_splitk_sum(${run.label}, ${slices}x${blk.mb}x${blk.nb})`,
+    code,
+    buffers,
+    uniforms: uniforms(
+      blk.mb,
+      blk.nb,
+      slices,
+      p.ldc,
+      wc.offset,
+      wbias ? wbias.offset : 0,
+      { f: run.alpha },
+      { f: blk.beta },
+    ),
+    workgroups: grid1d(blk.mb * blk.nb),
+  });
+}
+
+function splitKSumKernel(beta: boolean, biasDtype: DType | null): string {
+  const old = beta ? " + p.beta * C[ci]" : "";
+  const bias = biasDtype ? " + ld_Bias(p.offBias + col)" : "";
+  return `
+struct P { m: u32, n: u32, slices: u32, ldc: u32, offC: u32, offBias: u32, alpha: f32, beta: f32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read> Partial: array<f32>;
+@group(0) @binding(2) var<storage, read_write> C: array<f32>;
+${biasDtype ? storage(3, "Bias", biasDtype) : ""}
+${main1d()} {
+  let i = ${flatIndex()};
+  let plane = p.m * p.n;
+  if (i >= plane) { return; }
+  var sum = 0.0;
+  for (var z = 0u; z < p.slices; z++) { sum += Partial[z * plane + i]; }
+  let col = i % p.n;
+  let ci = p.offC + (i / p.n) * p.ldc + col;
+  C[ci] = p.alpha * sum${bias}${old};
+}`;
 }
 
 function nextPow2(x: number): number {
@@ -471,6 +638,8 @@ interface KernelSpec extends GemmConfig {
   /** Reads C (beta ≠ 0). */
   beta: boolean;
   bias: DType | null;
+  /** Workgroup z is a split-K slice instead of a batch index. */
+  splitK: boolean;
 }
 
 const kernels = new Map<string, string>();
@@ -486,7 +655,8 @@ function kernel(spec: KernelSpec): string {
 }
 
 // Uniform struct shared by both kernels; offsets, strides and leading
-// dimensions are in elements.
+// dimensions are in elements. kSplit is the K per split-K slice, 0 unless the
+// kernel is a split-K one.
 const PARAMS = `
 struct P {
   m: u32, n: u32, k: u32,
@@ -494,6 +664,7 @@ struct P {
   offA: u32, offB: u32, offC: u32,
   strideA: u32, strideB: u32, strideC: u32,
   offBias: u32, alpha: f32, beta: f32,
+  kSplit: u32,
 }
 @group(0) @binding(0) var<uniform> p: P;`;
 
@@ -521,7 +692,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
   let col0 = (wid.x * ${s.workgroupX}u + lid.x) * ${s.tileN}u;
   let a0 = p.offA + wid.z * p.strideA;
   let b0 = p.offB + wid.z * p.strideB;
-  let c0 = p.offC + wid.z * p.strideC;`;
+  let c0 = p.offC + wid.z * p.strideC;
+  let kBegin = ${s.splitK ? "wid.z * p.kSplit" : "0u"};
+  let kEnd = ${s.splitK ? "min(p.k, kBegin + p.kSplit)" : "p.k"};`;
 }
 
 function lines(n: number, f: (i: number) => string): string {
@@ -549,7 +722,7 @@ function vecKernel(s: KernelSpec): string {
   out.push(`  let ra = a0 + ${s.transA ? "row0" : "row0 * p.lda"};`);
   out.push(`  let rb = b0 + ${s.transB ? "col0 * p.ldb" : "col0"};`);
   out.push(accumulators(s));
-  out.push(`  for (var k = 0u; k < p.k; k += 4u) {`);
+  out.push(`  for (var k = kBegin; k < kEnd; k += 4u) {`);
 
   // B first, then A one row (or one vec4 of rows) at a time, each consumed by
   // its FMAs right away. Every load is a per-lane loop on llvmpipe that LLVM
@@ -628,7 +801,7 @@ function scalarKernel(s: KernelSpec): string {
     out.push(lines(tn, (j) => `  let rb${j} = b0 + min(col0 + ${j}u, p.n - 1u) * p.ldb;`));
   } else out.push(lines(tn, (j) => `  let cb${j} = b0 + min(col0 + ${j}u, p.n - 1u);`));
   out.push(accumulators(s));
-  out.push(`  for (var k = 0u; k < p.k; k++) {`);
+  out.push(`  for (var k = kBegin; k < kEnd; k++) {`);
   out.push(
     lines(
       tm,
