@@ -81,5 +81,11 @@ export { crossEntropy } from "./ops/cross_entropy.ts";
 export { attention, type AttentionOptions } from "./ops/attention.ts";
 export { fromInt32, toInt32 } from "./ops/int.ts";
 export { benchGemm, type GemmShape, type GemmTiming } from "./gemm_bench.ts";
-export { checkGradients, type GradInput, type GradReport, seededArray } from "./testing.ts";
+export {
+  assertClose,
+  checkGradients,
+  type GradInput,
+  type GradReport,
+  seededArray,
+} from "./testing.ts";
 export * from "./safetensors.ts";

@@ -102,3 +102,24 @@ export async function checkGradients(
     endScope();
   }
 }
+
+/**
+ * Asserts that `actual` matches `expected` element-wise within `tol` relative to
+ * max(1, |expected|): absolute near zero, relative for large values. NaN matches NaN.
+ */
+export function assertClose(
+  actual: ArrayLike<number>,
+  expected: ArrayLike<number>,
+  tol: number,
+  label: string,
+): void {
+  if (actual.length !== expected.length) {
+    throw new Error(`${label}: length ${actual.length}, expected ${expected.length}`);
+  }
+  for (let i = 0; i < expected.length; i++) {
+    const ok = Number.isNaN(expected[i])
+      ? Number.isNaN(actual[i])
+      : Math.abs(actual[i] - expected[i]) <= tol * Math.max(1, Math.abs(expected[i]));
+    if (!ok) throw new Error(`${label}[${i}]: ${actual[i]} vs ${expected[i]}`);
+  }
+}

@@ -11,7 +11,7 @@ import {
   type TensorOptions,
   writeBytes,
 } from "../core/tensor.ts";
-import { seededArray } from "../core/testing.ts";
+import { assertClose, seededArray } from "../core/testing.ts";
 import { AdamW, type AdamWOptions } from "./adamw.ts";
 import { GradNormClip } from "./clip.ts";
 
@@ -69,22 +69,6 @@ function param(data: Float32Array, shape: number[], opts: TensorOptions = {}): T
 function setGrad(p: Tensor, g: Float32Array) {
   p.grad?.dispose();
   p.grad = fromArray(g, [...p.shape], { memoryClass: "gradients", name: `${p.name}.grad` });
-}
-
-function assertClose(
-  actual: ArrayLike<number>,
-  expected: ArrayLike<number>,
-  tol: number,
-  label: string,
-) {
-  assert.equal(actual.length, expected.length, `${label}: length`);
-  for (let i = 0; i < expected.length; i++) {
-    const err = Math.abs(actual[i] - expected[i]);
-    assert.ok(
-      err <= tol * Math.max(1, Math.abs(expected[i])),
-      `${label}[${i}]: ${actual[i]} vs ${expected[i]}`,
-    );
-  }
 }
 
 function decodeState(bytes: Uint8Array, dtype: "f32" | "bf16", n: number): Float32Array {

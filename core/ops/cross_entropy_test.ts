@@ -3,7 +3,7 @@ import { crossEntropy } from "./cross_entropy.ts";
 import { fromInt32 } from "./int.ts";
 import { backward } from "../autograd.ts";
 import { fromArray, gpu, initGpu, ShapeError } from "../tensor.ts";
-import { checkGradients, seededArray } from "../testing.ts";
+import { assertClose, checkGradients, seededArray } from "../testing.ts";
 
 await initGpu();
 
@@ -37,22 +37,6 @@ function crossEntropyRef(x: ArrayLike<number>, targets: Int32Array, cols: number
 
 function randomTargets(n: number, vocab: number, seed: number): Int32Array {
   return Int32Array.from(seededArray(n, seed, 0, vocab), Math.floor);
-}
-
-function assertClose(
-  actual: ArrayLike<number>,
-  expected: ArrayLike<number>,
-  tol: number,
-  label: string,
-) {
-  assert.equal(actual.length, expected.length, `${label}: length`);
-  for (let i = 0; i < expected.length; i++) {
-    const err = Math.abs(actual[i] - expected[i]);
-    assert.ok(
-      err <= tol * Math.max(1, Math.abs(expected[i])),
-      `${label}[${i}]: ${actual[i]} vs ${expected[i]}`,
-    );
-  }
 }
 
 // Loss and dlogits (with dloss = `seed`) from the GPU.

@@ -3,7 +3,7 @@ import { embedding } from "./embedding.ts";
 import { fromInt32 } from "./int.ts";
 import { backward } from "../autograd.ts";
 import { fromArray, gpu, initGpu, ShapeError } from "../tensor.ts";
-import { checkGradients, seededArray } from "../testing.ts";
+import { assertClose, checkGradients, seededArray } from "../testing.ts";
 
 await initGpu();
 
@@ -33,21 +33,6 @@ function scatterRef(ids: Int32Array, dy: Float32Array, vocab: number, cols: numb
     for (let c = 0; c < cols; c++) out[id * cols + c] += dy[n * cols + c];
   });
   return out;
-}
-
-function assertClose(
-  actual: ArrayLike<number>,
-  expected: ArrayLike<number>,
-  tol: number,
-  label: string,
-) {
-  assert.equal(actual.length, expected.length, `${label}: length`);
-  for (let i = 0; i < expected.length; i++) {
-    const ok = Number.isNaN(expected[i])
-      ? Number.isNaN(actual[i])
-      : Math.abs(actual[i] - expected[i]) <= tol * Math.max(1, Math.abs(expected[i]));
-    assert.ok(ok, `${label}[${i}]: ${actual[i]} vs ${expected[i]}`);
-  }
 }
 
 // Runs the lookup and its backward with dy = `seed`; returns output and dTable.

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { mean, sum } from "./reduce.ts";
 import { fromArray, gpu, initGpu, type Tensor, zeros } from "../tensor.ts";
-import { checkGradients, seededArray } from "../testing.ts";
+import { assertClose, checkGradients, seededArray } from "../testing.ts";
 
 await initGpu();
 
@@ -11,22 +11,6 @@ function rowSums(x: Float32Array, cols: number): Float64Array {
     for (let c = 0; c < cols; c++) out[r] += x[r * cols + c];
   }
   return out;
-}
-
-function assertClose(
-  actual: ArrayLike<number>,
-  expected: ArrayLike<number>,
-  tol: number,
-  label: string,
-) {
-  assert.equal(actual.length, expected.length, `${label}: length`);
-  for (let i = 0; i < expected.length; i++) {
-    const err = Math.abs(actual[i] - expected[i]);
-    assert.ok(
-      err <= tol * Math.max(1, Math.abs(expected[i])),
-      `${label}[${i}]: ${actual[i]} vs ${expected[i]}`,
-    );
-  }
 }
 
 Deno.test("sum and mean over last axis", async () => {

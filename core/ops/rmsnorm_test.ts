@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { rmsnorm } from "./rmsnorm.ts";
 import { fromArray, gpu, initGpu, ShapeError } from "../tensor.ts";
-import { checkGradients, seededArray } from "../testing.ts";
+import { assertClose, checkGradients, seededArray } from "../testing.ts";
 
 await initGpu();
 
@@ -15,21 +15,6 @@ function rmsnormRef(x: ArrayLike<number>, w: ArrayLike<number>, eps: number): Fl
     for (let c = 0; c < cols; c++) out[r * cols + c] = x[r * cols + c] * rstd * w[c];
   }
   return out;
-}
-
-function assertClose(
-  actual: ArrayLike<number>,
-  expected: ArrayLike<number>,
-  tol: number,
-  label: string,
-) {
-  for (let i = 0; i < expected.length; i++) {
-    const err = Math.abs(actual[i] - expected[i]);
-    assert.ok(
-      err <= tol * Math.max(1, Math.abs(expected[i])),
-      `${label}[${i}]: ${actual[i]} vs ${expected[i]}`,
-    );
-  }
 }
 
 Deno.test("rmsnorm matches CPU reference", async () => {

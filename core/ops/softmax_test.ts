@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { softmax } from "./softmax.ts";
 import { fromArray, gpu, initGpu } from "../tensor.ts";
-import { checkGradients, seededArray } from "../testing.ts";
+import { assertClose, checkGradients, seededArray } from "../testing.ts";
 
 await initGpu();
 
@@ -15,20 +15,6 @@ function softmaxRef(x: ArrayLike<number>, cols: number): Float64Array {
     for (let c = 0; c < cols; c++) out[r * cols + c] = Math.exp(x[r * cols + c] - max) / sum;
   }
   return out;
-}
-
-function assertClose(
-  actual: ArrayLike<number>,
-  expected: ArrayLike<number>,
-  tol: number,
-  label: string,
-) {
-  for (let i = 0; i < expected.length; i++) {
-    assert.ok(
-      Math.abs(actual[i] - expected[i]) <= tol,
-      `${label}[${i}]: ${actual[i]} vs ${expected[i]}`,
-    );
-  }
 }
 
 Deno.test("softmax matches CPU reference", async () => {
