@@ -309,3 +309,28 @@ Deno.test("qwen2.5-0.5b in bf16 allocates and gives finite logits", async () => 
     model.dispose();
   }
 });
+
+Deno.test("loading a checkpoint of another shape names the tensor", async () => {
+  const small = new CausalLM(QWEN, { method: "full", rank: 0, seed: 1 });
+  const wider = new CausalLM({ ...QWEN, intermediateSize: 96 }, {
+    method: "full",
+    rank: 0,
+    seed: 1,
+  });
+  const dir = await Deno.makeTempDir();
+  try {
+    await saveModelState(small, `${dir}/state.safetensors`);
+    await assert.rejects(
+      () => loadModelState(wider, `${dir}/state.safetensors`),
+      /"model\.layers\.0\.mlp\.gate_proj\.weight" has shape \[64, 32\], expected \[96, 32\]/,
+    );
+    // A file cut inside its header.
+    const bytes = await Deno.readFile(`${dir}/state.safetensors`);
+    await Deno.writeFile(`${dir}/cut.safetensors`, bytes.subarray(0, 20));
+    await assert.rejects(() => loadModelState(small, `${dir}/cut.safetensors`), /cut\.safetensors/);
+  } finally {
+    small.dispose();
+    wider.dispose();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
