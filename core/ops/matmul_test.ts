@@ -398,3 +398,138 @@ Deno.test("binding split equals unsplit", async () => {
     }
   }
 });
+
+// Forces split-K on small problems: at most 8 k per slice is far below the
+// adapters' defaults, so every shape below is cut into several slices, the
+// last one shorter than the others when K is odd.
+const SPLIT_CONFIGS: [string, GemmConfig][] = [
+  ["fallback", {
+    workgroupX: 8,
+    workgroupY: 1,
+    tileM: 16,
+    tileN: 16,
+    splitKWorkgroups: 64,
+    splitKMinK: 8,
+  }],
+  ["gpu", { ...GPU_CONFIG, splitKWorkgroups: 64, splitKMinK: 8 }],
+];
+
+// Runs `fn` and returns the labels of the gemm dispatches it records.
+async function gemmLabels(fn: () => Promise<void>): Promise<string[]> {
+  const g = gpu();
+  const labels: string[] = [];
+  const original = g.dispatch;
+  g.dispatch = (d) => {
+    labels.push(d.label);
+    original.call(g, d);
+  };
+  try {
+    await fn();
+  } finally {
+    g.dispatch = original;
+  }
+  return labels.filter((l) => l.startsWith("gemm"));
+}
+
+Deno.test("split-K matches CPU for all transposes", async () => {
+  // (m, n, k): scalar kernel with a short last slice, and vec4 kernel.
+  const shapes: [number, number, number][] = [[7, 13, 301], [33, 20, 260], [36, 20, 124]];
+  for (const [name, config] of SPLIT_CONFIGS) {
+    await withConfig(config, async () => {
+      for (const [m, n, k] of shapes) {
+        for (const transA of [false, true]) {
+          for (const transB of [false, true]) {
+            const a = seededArray(m * k, 40);
+            const b = seededArray(k * n, 41);
+            const caseName = `${name} ${m}x${n}x${k} transA=${transA} transB=${transB}`;
+            let out: Tensor | null = null;
+            const labels = await gemmLabels(async () => {
+              out = matmul(
+                fromArray(a, transA ? [k, m] : [m, k]),
+                fromArray(b, transB ? [n, k] : [k, n]),
+                { transA, transB },
+              );
+              await gpu().sync();
+            });
+            assert.ok(
+              labels.some((l) => l.includes("split-K")),
+              `${caseName}: ${labels.join("; ")}`,
+            );
+            assert.ok(
+              labels.some((l) => l.startsWith("gemm_splitk_sum")),
+              `${caseName}: no sum pass`,
+            );
+            const err = maxError(await out!.toArray(), reference(a, b, m, n, k, transA, transB));
+            assert.ok(err < 1e-5, `${caseName}: error ${err}`);
+          }
+        }
+      }
+    });
+  }
+});
+
+Deno.test("split-K applies alpha, beta and bias", async () => {
+  for (const [name, config] of SPLIT_CONFIGS) {
+    await withConfig(config, async () => {
+      for (const [m, n, k] of [[7, 13, 301], [36, 20, 124]] as const) {
+        const a = seededArray(m * k, 42);
+        const b = seededArray(k * n, 43);
+        const c0 = seededArray(m * n, 44);
+        const bias = seededArray(n, 45);
+        const c = fromArray(c0, [m, n]);
+        const labels = await gemmLabels(async () => {
+          gemm(c, fromArray(a, [m, k]), fromArray(b, [n, k]), {
+            transB: true,
+            alpha: 0.5,
+            beta: 2,
+            bias: fromArray(bias, [n]),
+          });
+          await gpu().sync();
+        });
+        assert.ok(labels.some((l) => l.includes("split-K")), `${name}: ${labels.join("; ")}`);
+        const ab = reference(a, b, m, n, k, false, true);
+        const want = ab.map((v, i) => 0.5 * v + bias[i % n] + 2 * c0[i]);
+        const err = maxError(await c.toArray(), want);
+        assert.ok(err < 1e-5, `${name} ${m}x${n}x${k}: ${err}`);
+      }
+    });
+  }
+});
+
+Deno.test("split-K with bf16 operand and binding split", async () => {
+  // A 4 KiB binding covers 959 f32, so K is also cut into blocks that
+  // accumulate with beta = 1, and each block is split again. A is stored
+  // [k, m] because a block needs at least 4 of its rows in one binding.
+  const [m, n, k] = [6, 8, 600];
+  const a = seededArray(m * k, 46);
+  const b = seededArray(k * n, 47);
+  await withConfig(SPLIT_CONFIGS[0][1], async () => {
+    for (const dtype of ["f32", "bf16"] as DType[]) {
+      const c = empty([m, n]);
+      const labels = await withBindingLimit(4096, () =>
+        gemmLabels(async () => {
+          gemm(c, fromArray(a, [k, m]), fromArray(b, [k, n], { dtype }), { transA: true });
+          await gpu().sync();
+        }));
+      const blocks = labels.filter((l) => l.includes("split-K"));
+      assert.ok(blocks.length > 1, `${dtype}: ${labels.join("; ")}`);
+      const err = maxError(await c.toArray(), reference(a, rounded(b, dtype), m, n, k, true));
+      assert.ok(err < 1e-5, `${dtype}: ${err}`);
+    }
+  });
+});
+
+Deno.test("default config splits long K correctly", async () => {
+  // Few output tiles and K = 4100: the fallback adapter's defaults split it
+  // into slices; a GPU adapter may or may not, and the values must match
+  // either way.
+  const [m, n, k] = [20, 12, 4100];
+  for (const transA of [false, true]) {
+    const a = seededArray(m * k, 48);
+    const b = seededArray(k * n, 49);
+    const out = matmul(fromArray(a, transA ? [k, m] : [m, k]), fromArray(b, [k, n]), { transA });
+    // f32 rounding error grows with K: 1e-5 holds up to K of a few hundred.
+    const err = maxError(await out.toArray(), reference(a, b, m, n, k, transA));
+    assert.ok(err < 1e-4, `transA=${transA}: ${err}`);
+  }
+});
