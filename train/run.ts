@@ -172,9 +172,15 @@ export async function runTraining(
   for (const [k, v] of rows) log(`${k.padEnd(width)} | ${v}`);
 
   // SIGINT: finish the current step, save, and exit.
+  // A second Ctrl-C exits at once, without saving.
   let interrupted = false;
   const onSigint = () => {
+    if (interrupted) {
+      log("interrupted twice: exiting without saving");
+      Deno.exit(130);
+    }
     interrupted = true;
+    log("interrupt: saving a checkpoint after the current step (Ctrl-C again to exit now)");
   };
   Deno.addSignalListener("SIGINT", onSigint);
 
@@ -199,7 +205,7 @@ export async function runTraining(
     Deno.writeTextFile(metricsPath, JSON.stringify(record) + "\n", { append: true });
 
   const evaluate = async () => {
-    const valLoss = await trainer.evaluate();
+    const valLoss = await trainer.evaluate(() => interrupted);
     const point = { step: trainer.step, tokens: trainer.tokens, valLoss };
     evals.push(point);
     log(

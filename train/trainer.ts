@@ -195,8 +195,11 @@ export class Trainer {
     return true;
   }
 
-  /** Mean validation loss (nats per token) over `evalTokens` tokens of the held-out split. */
-  async evaluate(): Promise<number> {
+  /**
+   * Returns the mean validation loss (nats per token) over `evalTokens` tokens of
+   * the held-out split, or over the batches done when `stop()` turns true.
+   */
+  async evaluate(stop: () => boolean = () => false): Promise<number> {
     const { batch, seqLen } = this.opts;
     if (!this.valLoader) {
       this.valLoader = await createLoader({
@@ -212,13 +215,15 @@ export class Trainer {
     }
     const batches = Math.max(1, Math.ceil(this.opts.evalTokens / (batch * seqLen)));
     let sum = 0;
-    for (let i = 0; i < batches; i++) {
+    let done = 0;
+    while (done < batches && !(done > 0 && stop())) {
       const b = await this.valLoader.next();
       const loss = scoped(() => noGrad(() => this.model.loss(b.inputs, b.targets, batch, seqLen)));
       sum += (await loss.toArray())[0];
       loss.dispose();
+      done++;
     }
-    return sum / batches;
+    return sum / done;
   }
 
   /** Peak bytes per ledger class since the last reset. */
