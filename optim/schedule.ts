@@ -1,9 +1,9 @@
 // Learning-rate schedules as pure functions of the optimizer step.
 //
 // Steps are 0-based: `schedule(s)` is the learning rate of the (s+1)-th
-// optimizer step. Every warm-up starts at 0 at its first step and reaches the
-// target value W steps later, so step 0 of a run (and the step of a jagged
-// restart) has learning rate 0 and leaves the weights unchanged.
+// optimizer step. Every warm-up of W steps gives its k-th step (k = 0, 1, …)
+// the fraction (k + 1)/(W + 1) of the target value, as nanoGPT does, so no step
+// is spent at learning rate 0.
 
 /** Learning rate as a function of the 0-based optimizer step. */
 export type Schedule = (step: number) => number;
@@ -39,9 +39,10 @@ function checkRatio(ratio: number) {
   }
 }
 
-// Linear ramp from 0 at step 0 to `peak` at step `warmup`.
+// Linear ramp peak·(step + 1)/(warmup + 1), as nanoGPT does: the first step
+// already moves the weights, and step `warmup` reaches `peak`.
 function warmupValue(step: number, warmup: number, peak: number): number {
-  return peak * step / warmup;
+  return peak * (step + 1) / (warmup + 1);
 }
 
 /** Options of the warm-up, stable, decay schedule. */
@@ -50,7 +51,7 @@ export interface WsdOptions {
   peak: number;
   /** Steps in the whole run; the last step is `total - 1`. */
   total: number;
-  /** Warm-up steps: the rate rises linearly from 0 at step 0 to `peak` at step `warmup`. */
+  /** Warm-up steps: the rate rises linearly from peak/(warmup + 1) at step 0 to `peak` at step `warmup`. */
   warmup: number;
   /** Decay steps at the end of the run: the rate falls linearly to `minLrRatio · peak` at the last step. */
   decay: number;
@@ -102,7 +103,7 @@ export interface CosineOptions {
 }
 
 /**
- * Creates a cosine schedule: linear warm-up from 0 to `peak` at step W, then
+ * Creates a cosine schedule: linear warm-up to `peak` at step W, then
  * min + (peak − min)·(1 + cos(π·q))/2 with q = (s − W)/(total − 1 − W), which
  * reaches min = minLrRatio·peak at the last step. Steps past the end keep min.
  */
@@ -131,7 +132,7 @@ export function cosine(opts: CosineOptions): Schedule {
   };
 }
 
-/** Creates a constant schedule at `peak`, after an optional linear warm-up from 0 over `warmup` steps. */
+/** Creates a constant schedule at `peak`, after an optional linear warm-up over `warmup` steps. */
 export function constant(opts: { peak: number; warmup?: number }): Schedule {
   const warmup = opts.warmup ?? 0;
   checkCount("warmup", warmup, 0);
@@ -151,7 +152,7 @@ export interface JaggedOptions {
 
 /**
  * Adds ReLoRA-style jagged restarts to `base`. At a reset step r the rate drops
- * to 0 and rises linearly over `warmup` steps: s ↦ base(r + warmup)·(s − r)/warmup
+ * and rises linearly over `warmup` steps: s ↦ base(r + warmup)·(s − r + 1)/(warmup + 1)
  * for r ≤ s < r + warmup, and base(s) elsewhere. Ramping to the base value where
  * the warm-up ends keeps the schedule continuous there. ReLoRA's reference code
  * (github.com/Guitaricet/relora, peft_pretraining/training_utils.py) ramps to
@@ -193,6 +194,6 @@ export function jagged(base: Schedule, opts: JaggedOptions): Schedule {
     checkStep(step);
     const r = lastReset(step);
     if (r < 0 || step - r >= warmup) return base(step);
-    return base(r + warmup) * (step - r) / warmup;
+    return base(r + warmup) * (step - r + 1) / (warmup + 1);
   };
 }
