@@ -121,6 +121,13 @@ export async function readTrainerState(dir: string): Promise<TrainerState> {
 
 /** Loads weights, optimizer state and counters of a checkpoint into a freshly created trainer. */
 export async function loadCheckpoint(trainer: Trainer, dir: string, state: TrainerState) {
+  for (const file of ["model.safetensors", "optimizer.safetensors"]) {
+    if (!(await exists(`${dir}/${file}`))) {
+      throw new CheckpointError(
+        `${dir}/${file} is missing: the checkpoint is incomplete; resume from another checkpoint or start a new run`,
+      );
+    }
+  }
   await loadModelState(trainer.model, `${dir}/model.safetensors`);
   trainer.optimizer.loadStateDict(await loadOptimizer(`${dir}/optimizer.safetensors`));
   const linears = trainer.model.linears();

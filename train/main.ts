@@ -89,7 +89,7 @@ async function main() {
     console.log(
       `checkpoint, metrics.jsonl and loss.svg are in ${summary.out}; train longer with: deno task train --resume ${summary.out} --steps ${
         summary.steps * 2
-      } (the WSD decay then moves to the new end)`,
+      }${opts.schedule === "wsd" ? " (the WSD decay then moves to the new end)" : ""}`,
     );
   }
   if (summary.interrupted) Deno.exit(130);

@@ -106,6 +106,8 @@ export interface TrainOptions {
   resume: string | null;
   /** Directory for a merged Hugging Face model written after the last step, or null. */
   export: string | null;
+  /** True when --overwrite was given: a new run may replace the run already in --out. */
+  overwrite: boolean;
   /** True when --help was given. The other fields then contain the defaults, unvalidated. */
   help: boolean;
 }
@@ -276,6 +278,8 @@ Evaluation, logging and output
   --resume DIR         continue training from a checkpoint directory of an earlier run
   --export DIR         after the last step, write the model with its adapters merged into
                        the weights as a Hugging Face model folder DIR
+  --overwrite          let a new run replace the run already in --out (its checkpoint and
+                       metrics); without it such a run stops with an error
   --help               print this help`;
 
 // Levenshtein distance, to suggest the flag a typo was meant to be.
@@ -302,13 +306,18 @@ function nearest(name: string, candidates: readonly string[]): string {
 
 type RawValues = Partial<Record<FlagName, string>>;
 
-function parseCommandLine(argv: string[]): { values: RawValues; help: boolean } {
-  const options: Record<string, { type: "string" | "boolean" }> = { help: { type: "boolean" } };
+function parseCommandLine(
+  argv: string[],
+): { values: RawValues; help: boolean; overwrite: boolean } {
+  const options: Record<string, { type: "string" | "boolean" }> = {
+    help: { type: "boolean" },
+    overwrite: { type: "boolean" },
+  };
   for (const name of FLAG_NAMES) options[name] = { type: "string" };
   try {
     const { values } = parseArgs({ args: argv, options, strict: true, allowPositionals: false });
-    const { help, ...rest } = values;
-    return { values: rest as RawValues, help: help === true };
+    const { help, overwrite, ...rest } = values;
+    return { values: rest as RawValues, help: help === true, overwrite: overwrite === true };
   } catch (error) {
     // node:util's messages span several lines, so each is replaced with one line.
     const code = (error as { code?: string }).code;
@@ -316,7 +325,7 @@ function parseCommandLine(argv: string[]): { values: RawValues; help: boolean } 
     const quoted = message.match(/'([^']*)'/)?.[1] ?? "";
     if (code === "ERR_PARSE_ARGS_UNKNOWN_OPTION") {
       const bare = quoted.replace(/^-+/, "");
-      const suggestion = nearest(bare, [...FLAG_NAMES, "help"]);
+      const suggestion = nearest(bare, [...FLAG_NAMES, "help", "overwrite"]);
       throw new OptionsError(
         `unknown flag ${quoted}: did you mean --${suggestion}? Run with --help to list the flags`,
       );
@@ -501,6 +510,7 @@ export function parseTrainArgs(argv: string[]): TrainOptions {
   const read = new ValueReader(merged, configPath, fromFile);
 
   const opts = readOptions(read, configPath);
+  opts.overwrite = commandLine.overwrite;
   checkCombinations(opts);
   const cfg = resolveModelConfig(opts);
   checkAgainstModel(opts, cfg);
@@ -576,6 +586,7 @@ function readOptions(read: ValueReader, configPath: string | null): TrainOptions
     out: read.string("out", `runs/${modelLabel(model)}-${method}`),
     resume,
     export: exportDir,
+    overwrite: false,
     help: false,
   };
 }

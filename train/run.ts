@@ -108,6 +108,9 @@ export async function runTraining(
     );
   }
 
+  if (!opts.resume) await claimOut(out, opts.overwrite);
+  if (opts.export) await probeWritable(opts.export, "--export");
+
   // Resume: restore the data position before the loader starts prefetching.
   let resumeDir: string | null = null;
   let resumeState = null;
@@ -151,7 +154,11 @@ export async function runTraining(
     ["wrapped linears", `${counts.wrappedLinears} wrapped, ${counts.fullLinears} full`],
     [
       "dtype",
-      `${opts.dtype} parameters, f32 gradients and AdamW state, ${opts.bf16Update} bf16 update`,
+      opts.dtype === "f32"
+        ? "f32 parameters, gradients and AdamW state"
+        : `${opts.dtype} parameters, f32 gradients and AdamW state, ${
+          opts.bf16Update === "master" ? "f32 master copy" : "stochastic rounding"
+        } for ${opts.dtype} updates`,
     ],
     [
       "tokens/step",
@@ -231,7 +238,9 @@ export async function runTraining(
   const diverged = async (what: string, step: number, badWeights: number, lr: number) => {
     const kept = await rollBack(out, badWeights);
     const next = kept === null
-      ? "no checkpoint was saved before it"
+      ? `no checkpoint was saved before it; start again with a lower learning rate than ${
+        lr.toExponential(1)
+      }, for example --lr ${(lr / 10).toExponential(0)} --overwrite`
       : `${out}/checkpoint keeps step ${kept}; continue with a lower learning rate than ${
         lr.toExponential(1)
       }: --resume ${out} --lr ${(lr / 10).toExponential(0)}`;
@@ -329,6 +338,42 @@ export async function runTraining(
     interrupted,
     trainer,
   };
+}
+
+// Stops a new run from mixing its metrics and checkpoints with an earlier run's,
+// unless --overwrite asks to replace them.
+async function claimOut(out: string, overwrite: boolean): Promise<void> {
+  const earlier = ["checkpoint", "checkpoint.prev", "metrics.jsonl"];
+  const found: string[] = [];
+  for (const name of earlier) {
+    if (await Deno.stat(`${out}/${name}`).then(() => true, () => false)) found.push(name);
+  }
+  if (found.length === 0) return;
+  if (!overwrite) {
+    throw new OptionsError(
+      `--out ${out} already contains a run (${
+        found.join(", ")
+      }): continue it with --resume ${out}, choose another --out, or pass --overwrite to replace it`,
+    );
+  }
+  for (const name of [...earlier, "checkpoint.diverged", "loss.svg"]) {
+    await Deno.remove(`${out}/${name}`, { recursive: true }).catch(() => {});
+  }
+}
+
+async function probeWritable(dir: string, flag: string): Promise<void> {
+  try {
+    await Deno.mkdir(dir, { recursive: true });
+    const probe = `${dir}/.write-test`;
+    await Deno.writeTextFile(probe, "");
+    await Deno.remove(probe);
+  } catch (e) {
+    throw new OptionsError(
+      `${flag} ${dir} is not writable (${
+        (e as Error).message.split("\n")[0]
+      }): choose another directory`,
+    );
+  }
 }
 
 async function readLines(path: string): Promise<string[]> {

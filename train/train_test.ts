@@ -292,4 +292,20 @@ Deno.test("resume changes the learning rate, not the model", async () => {
   }).output();
   assert.equal(refused.code, 2);
   assert.match(new TextDecoder().decode(refused.stderr), /--rank cannot change when resuming/);
+
+  // A new run into the same --out must not mix with the old one unless asked to.
+  const again = await new Deno.Command(Deno.execPath(), {
+    args: trainArgs(out, ["--steps", "1", "--warmup", "0"]),
+    stdout: "null",
+    stderr: "piped",
+  }).output();
+  assert.equal(again.code, 2);
+  assert.match(new TextDecoder().decode(again.stderr), /already contains a run.*--overwrite/);
+  const replaced = await new Deno.Command(Deno.execPath(), {
+    args: trainArgs(out, ["--steps", "1", "--warmup", "0", "--overwrite"]),
+    stdout: "null",
+    stderr: "piped",
+  }).output();
+  assert.equal(replaced.code, 0, new TextDecoder().decode(replaced.stderr));
+  assert.equal((await metrics(out)).length, 1);
 });

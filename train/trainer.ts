@@ -85,7 +85,8 @@ export class Trainer {
         seed: opts.seed,
       },
     );
-    this.clip = opts.gradClip > 0 ? new GradNormClip(opts.gradClip) : null;
+    // With clipping off the norm is still measured, for the log.
+    this.clip = new GradNormClip(opts.gradClip > 0 ? opts.gradClip : Infinity);
     this.schedule = buildSchedule(opts);
   }
 
