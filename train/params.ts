@@ -18,7 +18,8 @@ import {
   usesRank,
 } from "../layers/params.ts";
 
-const DEFAULTS = { model: "qwen2.5-100m", method: "bpt", rank: "128" };
+// The same defaults as `deno task train`, so a default run's counts need no flags.
+const DEFAULTS = { model: "qwen2.5-tiny", method: "bpt", rank: "32" };
 
 const HELP = `Usage: deno task params [--model M] [--method M] [--rank R] [--json]
 

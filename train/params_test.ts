@@ -101,7 +101,8 @@ Deno.test("params cli help", async () => {
     assert.ok(stdout.includes(flag), `help lacks ${flag}`);
   }
   assert.ok(stdout.includes("(default bpt)"));
-  assert.ok(stdout.includes("(default 128)"));
+  assert.ok(stdout.includes("(default 32)"));
+  assert.ok(stdout.includes("qwen2.5-tiny"));
 });
 
 Deno.test("params cli bad input exits 2", async () => {
@@ -109,7 +110,7 @@ Deno.test("params cli bad input exits 2", async () => {
     [["--bogus"], /unknown flag --bogus/],
     [["--model", "gpt5"], /--model "gpt5" is neither a preset/],
     [["--method", "dora"], /unknown method "dora": use one of full, bpt/],
-    [["--rank", "0"], /rank 0 is invalid for bpt: use an integer in 1\.\.408/],
+    [["--rank", "0"], /rank 0 is invalid for bpt: use an integer in 1\.\.101/],
     [["--rank", "4.5"], /--rank "4\.5" is invalid/],
     [["--method", "lora", "--rank", "100000"], /rank 100000 is too large for lora/],
     [["--rank"], /invalid value for --rank/],
