@@ -53,7 +53,7 @@ export async function readBinHeader(path: string): Promise<BinShardInfo> {
     else if (magic === MAGIC_UINT32 && version === VERSION_UINT32) bytesPerToken = 4;
     else {
       throw new DataError(
-        `token shard ${path} has magic ${magic} version ${version}, expected ${MAGIC_UINT16} version ${VERSION_UINT16} (uint16) or ${MAGIC_UINT32} version ${VERSION_UINT32} (uint32); it is not an llm.c shard`,
+        `token shard ${path} has magic ${magic} version ${version}, expected ${MAGIC_UINT16} version ${VERSION_UINT16} (uint16) or ${MAGIC_UINT32} version ${VERSION_UINT32} (uint32); it is not an llm.c shard, so write shards from text with deno task tokenize`,
       );
     }
     const expected = HEADER_BYTES + tokens * bytesPerToken;

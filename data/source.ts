@@ -49,6 +49,8 @@ export interface TextSource {
   splitOf(shard: number, docIndex: number): Split;
   /** Returns an index from which on no document of `shard` is validation, or Infinity. */
   valEnd(shard: number): number;
+  /** A sentence that states which documents form the validation split, for error messages. */
+  readonly splitRule: string;
   /** Reads the blocks of `shard`, starting at the block with `cursor` whose first document is `docBase`. */
   readBlocks(shard: number, cursor: number, docBase: number): AsyncGenerator<DocumentBlock>;
 }
@@ -64,6 +66,8 @@ export interface TokenSource {
   splitOf(shard: number, position: number): Split;
   /** Returns a token position from which on no sequence of `shard` is validation, or Infinity. */
   valEnd(shard: number): number;
+  /** A sentence that states which sequences form the validation split, for error messages. */
+  readonly splitRule: string;
   /** Reads `count` token ids of `shard` starting at token `start`. */
   readTokens(shard: number, start: number, count: number): Promise<Uint16Array | Uint32Array>;
 }
@@ -79,8 +83,9 @@ export interface SourceOptions {
   /** Parquet and JSONL: the column or field that contains document text (default "text"). */
   textColumn?: string;
   /**
-   * When no shard is named for a split: how many documents at the start of the first shard
-   * form the validation split (default 500).
+   * When no shard is named for a split, every 20th document of the first shard is held out
+   * for validation until this many are held out (default 500, which covers the first 10,000
+   * documents). Infinity holds out every 20th document of the whole first shard.
    */
   valDocuments?: number;
   /**
@@ -206,29 +211,77 @@ export function namedSplit(name: string): Split | null {
   return null;
 }
 
-/**
- * Builds the split rule shared by sources without a split of their own. If any shard is
- * named as validation, names decide. Otherwise items before `holdout` in the first shard
- * (documents or token positions) form the validation split.
- */
-export function defaultSplit(names: readonly string[], holdout: number): {
+/** Which split each shard, document or token position of a source belongs to. */
+export interface SplitRule {
   shardRole(shard: number): Split | "mixed";
   splitOf(shard: number, index: number): Split;
   valEnd(shard: number): number;
-} {
-  const named = names.map(namedSplit);
-  if (named.some((split) => split === "val")) {
-    const roles = named.map((split): Split => split ?? "train");
-    return {
-      shardRole: (shard) => roles[shard],
-      splitOf: (shard) => roles[shard],
-      valEnd: (shard) => (roles[shard] === "val" ? Infinity : 0),
-    };
+  /** A sentence that states the rule, for error messages. */
+  description: string;
+}
+
+/** Every VAL_STRIDE-th document (index 19, 39, ...) is held out for validation. */
+export const VAL_STRIDE = 20;
+/** Default number of held-out documents of a text source without named splits. */
+export const DEFAULT_VAL_DOCUMENTS = 500;
+
+/**
+ * Builds the split rule of text sources without a split of their own. If any shard is
+ * named as validation, names decide. Otherwise every VAL_STRIDE-th document of the first
+ * shard is validation until `valDocuments` are held out. The rule depends only on a
+ * document's index, so a streamed source needs no document count in advance, and a source
+ * of a few hundred documents still keeps 95% of them for training.
+ */
+export function documentSplit(names: readonly string[], valDocuments: number): SplitRule {
+  const named = nameSplit(names);
+  if (named) return named;
+  if (!(valDocuments >= 0)) {
+    throw new DataError(`valDocuments ${valDocuments} is invalid; pass 0 or more documents`);
   }
+  // Held-out documents are indices VAL_STRIDE - 1, 2 * VAL_STRIDE - 1, ..., so none is at or
+  // after index VAL_STRIDE * valDocuments.
+  const end = VAL_STRIDE * valDocuments;
+  const limit = valDocuments === Infinity ? "" : `, up to ${valDocuments} documents`;
   return {
-    shardRole: (shard) => (shard === 0 && holdout > 0 ? "mixed" : "train"),
-    splitOf: (shard, index) => (shard === 0 && index < holdout ? "val" : "train"),
-    valEnd: (shard) => (shard === 0 ? holdout : 0),
+    shardRole: (shard) => (shard === 0 && end > 0 ? "mixed" : "train"),
+    splitOf: (shard, index) =>
+      shard === 0 && index < end && index % VAL_STRIDE === VAL_STRIDE - 1 ? "val" : "train",
+    valEnd: (shard) => (shard === 0 ? end : 0),
+    description: end === 0
+      ? "the validation split is empty (valDocuments 0)"
+      : `the validation split is every ${VAL_STRIDE}th document of the first file${limit}`,
+  };
+}
+
+/**
+ * Builds the split rule of token shards without a split of their own. If any shard is
+ * named as validation, names decide. Otherwise sequences that start in the first
+ * `valTokens` tokens of the first shard are validation.
+ */
+export function tokenSplit(names: readonly string[], valTokens: number): SplitRule {
+  const named = nameSplit(names);
+  if (named) return named;
+  return {
+    shardRole: (shard) => (shard === 0 && valTokens > 0 ? "mixed" : "train"),
+    splitOf: (shard, position) => (shard === 0 && position < valTokens ? "val" : "train"),
+    valEnd: (shard) => (shard === 0 ? valTokens : 0),
+    description:
+      `the validation split is the sequences that start in the first ${valTokens} tokens of the first shard`,
+  };
+}
+
+/** Returns the split rule given by shard names, or null if no shard is named as validation. */
+function nameSplit(names: readonly string[]): SplitRule | null {
+  const named = names.map(namedSplit);
+  if (!named.some((split) => split === "val")) return null;
+  const roles = named.map((split): Split => split ?? "train");
+  return {
+    shardRole: (shard) => roles[shard],
+    splitOf: (shard) => roles[shard],
+    valEnd: (shard) => (roles[shard] === "val" ? Infinity : 0),
+    description: `files named with "val", "valid" or "validation" (${
+      roles.filter((role) => role === "val").length
+    } of ${roles.length}) form the validation split and the other files the train split`,
   };
 }
 

@@ -6,13 +6,13 @@
 import { DataError } from "./errors.ts";
 import {
   decodeDocument,
-  defaultSplit,
+  DEFAULT_VAL_DOCUMENTS,
+  documentSplit,
   emptyStats,
   type SourceOptions,
   type TextSource,
 } from "./source.ts";
 
-const DEFAULT_VAL_DOCUMENTS = 500;
 /** Documents per block, the unit shuffled by a loader. */
 const BLOCK_DOCUMENTS = 1024;
 const READ_BYTES = 1 << 20;
@@ -65,7 +65,7 @@ export function openTextFileSource(
 ): TextSource {
   const stats = emptyStats();
   const field = options.textColumn ?? "text";
-  const split = defaultSplit(files, options.valDocuments ?? DEFAULT_VAL_DOCUMENTS);
+  const split = documentSplit(files, options.valDocuments ?? DEFAULT_VAL_DOCUMENTS);
   const documents = kind === "jsonl" ? jsonlDocuments : textDocuments;
 
   async function* readBlocks(shard: number, cursor: number, docBase: number) {
@@ -94,6 +94,7 @@ export function openTextFileSource(
     shardRole: split.shardRole,
     splitOf: split.splitOf,
     valEnd: split.valEnd,
+    splitRule: split.description,
     readBlocks,
   };
 }
@@ -112,9 +113,7 @@ async function* jsonlDocuments(
   const strict = new TextDecoder("utf-8", { fatal: true });
   const lenient = new TextDecoder();
   const encoder = new TextEncoder();
-  let lineNumber = 0;
   for await (const line of readLines(path, start)) {
-    lineNumber++;
     // The line is decoded before JSON parsing, so invalid UTF-8 is detected here.
     let raw: string;
     let invalidUtf8 = false;
@@ -129,20 +128,35 @@ async function* jsonlDocuments(
     try {
       value = JSON.parse(raw);
     } catch (e) {
+      const where = await describeLine(path, line.offset);
+      const reason = (e as Error).message;
       throw new DataError(
-        `${path}: line ${lineNumber} after byte ${start} is not valid JSON (${
-          (e as Error).message
-        }); fix or remove the line`,
+        `${path}: ${where} is not valid JSON (${reason}); fix or remove the line`,
       );
     }
     const text = (value as Record<string, unknown> | null)?.[field];
     if (typeof text !== "string") {
+      const where = await describeLine(path, line.offset);
       throw new DataError(
-        `${path}: line ${lineNumber} after byte ${start} has no string "${field}" field; give every line one or set textColumn`,
+        `${path}: ${where} has no string "${field}" field; give every line one or set textColumn (tokenize --text-column)`,
       );
     }
     yield { bytes: encoder.encode(text), offset: line.offset, invalidUtf8 };
   }
+}
+
+/**
+ * Returns "line N (byte B)" for the line that starts at byte `offset` of `path`. A reader
+ * that resumed mid-file does not know N, so the file is scanned up to `offset`, which
+ * happens only on this error path.
+ */
+async function describeLine(path: string, offset: number): Promise<string> {
+  let newlines = 0;
+  for await (const line of readLines(path, 0)) {
+    if (line.offset >= offset) break;
+    newlines++;
+  }
+  return `line ${newlines + 1} (byte ${offset})`;
 }
 
 /** Yields blank-line-separated paragraphs as documents, with each paragraph's byte offset. */

@@ -73,7 +73,8 @@ Deno.test("bad text sources are rejected", async () => {
   try {
     await Deno.writeTextFile(`${dir}/j.jsonl`, '{"text": "a"}\n{"text": \n');
     await Deno.writeTextFile(`${dir}/k.jsonl`, '{"body": "a"}\n');
-    for (const [name, problem] of [["j.jsonl", "line 2"], ["k.jsonl", '"text"']]) {
+    const cases = [["j.jsonl", "line 2 (byte 14) is not valid JSON"], ["k.jsonl", '"text"']];
+    for (const [name, problem] of cases) {
       const source = await openSource(`${dir}/${name}`) as TextSource;
       const error = await rejectsWith(() => blocksOf(source), DataError);
       assertOneLineNaming(error, `${dir}/${name}`, problem);
@@ -85,6 +86,25 @@ Deno.test("bad text sources are rejected", async () => {
     assertOneLineNaming(unknown, `${dir}/x.csv`, "extension");
     const glob = await rejectsWith(() => openSource(`${dir}/*.parquet`), DataError);
     assertOneLineNaming(glob, "matches no files");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("jsonl error after resume names line", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    // 1500 good lines, a blank line, then a broken one: line 1502 of the file.
+    const lines = Array.from({ length: 1500 }, (_, i) => JSON.stringify({ text: `doc ${i}` }));
+    const good = lines.join("\n") + "\n\n";
+    await Deno.writeTextFile(`${dir}/r.jsonl`, good + "{broken\n");
+    const source = await openSource(`${dir}/r.jsonl`) as TextSource;
+    // A reader from the start and one resumed at the broken line report the same line.
+    const offset = new TextEncoder().encode(good).length;
+    for (const [cursor, docBase] of [[0, 0], [offset, 1500]]) {
+      const error = await rejectsWith(() => blocksOf(source, cursor, docBase), DataError);
+      assertOneLineNaming(error, `${dir}/r.jsonl`, `line 1502 (byte ${offset})`);
+    }
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -7,6 +7,7 @@
  */
 import { parseArgs } from "node:util";
 import { DataError } from "./errors.ts";
+import { parseArgsMessage, parseTokenCount } from "./flags.ts";
 import { openSource } from "./source.ts";
 import { loadTokenizer } from "./tokenizer.ts";
 import { writeShards } from "./write_shards.ts";
@@ -18,24 +19,46 @@ const HELP = `Usage: deno task tokenize --data SOURCE --out DIR [options]
   --tokenizer NAME      gpt2 (default), qwen2.5, qwen3, or a tokenizer.json file or directory
   --out DIR             output directory, created if missing
   --name PREFIX         shard file prefix (default: derived from --data)
-  --shard-tokens N      tokens per train shard (default 100000000, as llm.c's fineweb.py)
-  --val-tokens N        tokens of the validation shard (default: --shard-tokens)
+  --shard-tokens N      tokens per train shard (default 100M, as llm.c's fineweb.py)
+  --val-tokens N        maximum tokens of the validation shard, 0 for none (default:
+                        --shard-tokens). Every 20th document of the first file is held out
+                        (Brown: every 20th file) until the shard is full, and later ones
+                        go to train. A source with files named *_val_* is split by
+                        file name instead.
   --max-tokens N        stop after N train tokens (default: the whole source)
   --min-int-score N     parquet: keep documents with int_score >= N
   --min-score X         parquet: keep documents with score >= X
   --text-column NAME    parquet/JSONL: column or field holding the text (default text)
   -h, --help            print this help
+
+Token counts accept K, M and B suffixes (10³, 10⁶, 10⁹), such as 1M.
 `;
 
-function parseCount(flag: string, value: string | undefined, fallback: number): number {
+const FLAGS = {
+  data: { type: "string" },
+  tokenizer: { type: "string", default: "gpt2" },
+  out: { type: "string" },
+  name: { type: "string" },
+  "shard-tokens": { type: "string" },
+  "val-tokens": { type: "string" },
+  "max-tokens": { type: "string" },
+  "min-int-score": { type: "string" },
+  "min-score": { type: "string" },
+  "text-column": { type: "string" },
+  help: { type: "boolean", short: "h" },
+} as const;
+
+/** Returns the token count given to `--flag`, or `fallback` when the flag is absent. */
+function parseCount(flag: string, value: string | undefined, fallback: number, min: 0 | 1) {
   if (value === undefined) return fallback;
-  const n = Number(value.replaceAll("_", ""));
-  if (!Number.isInteger(n) || n < 0) {
+  const count = parseTokenCount(value, min);
+  if (count === null) {
+    const expected = min === 0 ? "0 or a positive whole number" : "a positive whole number";
     throw new DataError(
-      `--${flag} ${value} is not a non-negative integer; pass a token count such as 1000000`,
+      `--${flag} ${value} is invalid; pass ${expected} of tokens such as 1000000 or 1M`,
     );
   }
-  return n;
+  return count;
 }
 
 function parseScore(flag: string, value: string | undefined): number | undefined {
@@ -60,23 +83,7 @@ function formatCount(n: number): string {
 }
 
 async function main(args: string[]): Promise<void> {
-  const { values } = parseArgs({
-    args,
-    options: {
-      data: { type: "string" },
-      tokenizer: { type: "string", default: "gpt2" },
-      out: { type: "string" },
-      name: { type: "string" },
-      "shard-tokens": { type: "string" },
-      "val-tokens": { type: "string" },
-      "max-tokens": { type: "string" },
-      "min-int-score": { type: "string" },
-      "min-score": { type: "string" },
-      "text-column": { type: "string" },
-      help: { type: "boolean", short: "h" },
-    },
-    strict: true,
-  });
+  const { values } = parseArgs({ args, options: FLAGS, strict: true });
   if (values.help) {
     console.log(HELP);
     return;
@@ -85,19 +92,18 @@ async function main(args: string[]): Promise<void> {
   if (!values.out) {
     throw new DataError("missing --out; pass an output directory such as --out out/brown");
   }
-  const shardTokens = parseCount("shard-tokens", values["shard-tokens"], 100_000_000);
-  if (shardTokens === 0) {
-    throw new DataError("--shard-tokens 0 is invalid; pass a positive token count");
-  }
-  const valTokens = parseCount("val-tokens", values["val-tokens"], shardTokens);
+  const shardTokens = parseCount("shard-tokens", values["shard-tokens"], 100_000_000, 1);
+  const valTokens = parseCount("val-tokens", values["val-tokens"], shardTokens, 0);
   const maxTokens = values["max-tokens"] === undefined
     ? undefined
-    : parseCount("max-tokens", values["max-tokens"], 0);
+    : parseCount("max-tokens", values["max-tokens"], 0, 1);
 
   const source = await openSource(values.data, {
     minIntScore: parseScore("min-int-score", values["min-int-score"]),
     minScore: parseScore("min-score", values["min-score"]),
     textColumn: values["text-column"],
+    // --val-tokens bounds the validation shard, so the source holds out without a cap.
+    valDocuments: Infinity,
   });
   if (source.kind !== "text") {
     throw new DataError(`--data ${values.data} is already tokenized (.bin); pass a text source`);
@@ -166,10 +172,9 @@ if (import.meta.main) {
   try {
     await main(Deno.args);
   } catch (e) {
-    const usage = e instanceof TypeError &&
-      (e as { code?: string }).code?.startsWith("ERR_PARSE_ARGS");
-    if (e instanceof DataError || usage) {
-      console.error(`tokenize: ${(e as Error).message}`);
+    const usage = parseArgsMessage(e, Object.keys(FLAGS), "tokenize");
+    if (e instanceof DataError || usage !== null) {
+      console.error(`error: ${usage ?? (e as Error).message}`);
       Deno.exit(2);
     }
     throw e;

@@ -19,7 +19,11 @@ export interface WriteShardsOptions {
   name: string;
   /** Tokens per train shard. */
   shardTokens: number;
-  /** Maximum tokens of the validation shard, which is shorter when the validation split is. */
+  /**
+   * Maximum tokens of the validation shard, which is shorter when the validation split is.
+   * Once the shard is full, later held-out documents of mixed shards go to train, and
+   * shards named as validation are skipped. 0 writes no validation shard.
+   */
   valTokens: number;
   /** Stop after this many train tokens (default: the whole source). */
   maxTokens?: number;
@@ -59,10 +63,14 @@ class ShardSeries {
     while (at < ids.length) {
       if (!this.#writer) {
         const path = `${this.outDir}/${this.prefix}_${String(this.#index++).padStart(6, "0")}.bin`;
-        this.#writer = await BinShardWriter.create(path, this.bytesPerToken);
+        this.#writer = await fileErrors(
+          path,
+          () => BinShardWriter.create(path, this.bytesPerToken),
+        );
       }
-      const take = Math.min(ids.length - at, this.shardTokens - this.#writer.tokens);
-      await this.#writer.write(ids.slice(at, at + take));
+      const writer = this.#writer;
+      const take = Math.min(ids.length - at, this.shardTokens - writer.tokens);
+      await fileErrors(writer.tempPath, () => writer.write(ids.slice(at, at + take)));
       at += take;
       this.tokens += take;
       if (this.#writer.tokens === this.shardTokens) await this.#close();
@@ -72,7 +80,7 @@ class ShardSeries {
   async #close(): Promise<void> {
     const writer = this.#writer!;
     this.#writer = null;
-    await writer.finish();
+    await fileErrors(writer.path, () => writer.finish());
     this.files.push(writer.path);
   }
 
@@ -89,6 +97,38 @@ class ShardSeries {
 }
 
 /**
+ * Runs a file operation on shard `path` and turns a failure of the file system (permission
+ * denied, disk full, a missing directory) into a one-line DataError.
+ */
+async function fileErrors<T>(path: string, operation: () => Promise<T>): Promise<T> {
+  try {
+    return await operation();
+  } catch (e) {
+    if (e instanceof DataError || e instanceof RangeError) throw e;
+    throw new DataError(
+      `writing shard ${path} failed (${
+        (e as Error).message
+      }); check that its directory is writable and has free space`,
+    );
+  }
+}
+
+/** Creates `outDir` and its parents, with a DataError that names the directory on failure. */
+async function createOutputDirectory(outDir: string): Promise<void> {
+  try {
+    await Deno.mkdir(outDir, { recursive: true });
+  } catch (e) {
+    // Deno's message ends in " (os error N): mkdir 'path'", which repeats the path.
+    const reason = e instanceof Deno.errors.AlreadyExists || e instanceof Deno.errors.NotADirectory
+      ? "a file is in the way"
+      : (e as Error).message.replace(/ \(os error \d+\).*$/, "");
+    throw new DataError(
+      `output directory ${outDir} cannot be created (${reason}); pass a writable directory path`,
+    );
+  }
+}
+
+/**
  * Tokenizes `source` into shards. On any error, or when `cancelled` returns true, the run
  * deletes every file it wrote, temporary or finished, and rethrows or throws a DataError.
  */
@@ -97,11 +137,23 @@ export async function writeShards(options: WriteShardsOptions): Promise<WriteSha
   if (!Number.isInteger(shardTokens) || shardTokens < 1) {
     throw new DataError(`shard size ${shardTokens} must be a positive integer number of tokens`);
   }
+  if (!Number.isInteger(valTokens) || valTokens < 0) {
+    throw new DataError(`valTokens ${valTokens} is invalid; pass 0 or a positive integer`);
+  }
+  const maxTokens = options.maxTokens;
+  if (maxTokens !== undefined && !(Number.isInteger(maxTokens) && maxTokens > 0)) {
+    throw new DataError(`maxTokens ${maxTokens} is invalid; pass a positive integer or omit it`);
+  }
+  if (name === "" || /[/\\]/.test(name)) {
+    throw new DataError(
+      `shard name prefix (--name) "${name}" is invalid; pass a file name without a path separator`,
+    );
+  }
   const bytesPerToken = tokenizer.vocabSize > 65536 ? 4 : 2;
-  await Deno.mkdir(outDir, { recursive: true });
+  await createOutputDirectory(outDir);
   const val = new ShardSeries(outDir, `${name}_val`, 0, Math.max(1, valTokens), bytesPerToken);
   const train = new ShardSeries(outDir, `${name}_train`, 1, shardTokens, bytesPerToken);
-  const maxTrain = options.maxTokens ?? Infinity;
+  const maxTrain = maxTokens ?? Infinity;
 
   const series = { val, train };
   const limits = { val: valTokens, train: maxTrain };
@@ -114,7 +166,11 @@ export async function writeShards(options: WriteShardsOptions): Promise<WriteSha
       for await (const block of source.readBlocks(shard, 0, 0)) {
         for (let i = 0; i < block.docs.length; i++) {
           const doc = block.docs[i];
-          const split = source.splitOf(shard, block.docBase + i);
+          let split = source.splitOf(shard, block.docBase + i);
+          // Past --val-tokens, held-out documents of a mixed shard are train data.
+          if (split === "val" && full("val") && source.shardRole(shard) === "mixed") {
+            split = "train";
+          }
           if (doc === "" || full(split)) continue;
           if (options.cancelled?.()) {
             throw new DataError(`tokenize of ${source.spec} was cancelled; its output was removed`);
@@ -136,8 +192,9 @@ export async function writeShards(options: WriteShardsOptions): Promise<WriteSha
   }
   if (train.tokens === 0) {
     for (const file of [...val.files, ...train.files]) await Deno.remove(file).catch(() => {});
+    const { documents, emptyDocuments, filteredDocuments } = source.stats;
     throw new DataError(
-      `source ${source.spec} has no train documents; check the source and its filters`,
+      `source ${source.spec} has no train documents (documents read ${documents}, empty ${emptyDocuments}, filtered ${filteredDocuments}): ${source.splitRule}; use a larger source or looser filters`,
     );
   }
   return {

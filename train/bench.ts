@@ -26,6 +26,7 @@ import {
 } from "../core/tensor.ts";
 import { seededArray } from "../core/testing.ts";
 import { benchData } from "../data/bench.ts";
+import { parseArgsMessage } from "../data/flags.ts";
 import { type Method, METHODS } from "../layers/params.ts";
 import { runCli } from "./cli.ts";
 import { mfu, stepFlops } from "./flops.ts";
@@ -88,7 +89,10 @@ Flags
   --rank R           rank of bpt, lora and relora in step and profile (default ${DEFAULTS.rank})
   --memory-model M   model preset of the memory suite (default ${DEFAULTS.memoryModel})
   --memory-rank R    rank of bpt, lora and relora in the memory suite (default ${DEFAULTS.memoryRank})
-  --out DIR          directory of the JSON result files (default ${DEFAULTS.out})
+  --out DIR          directory of the JSON result files (default ${DEFAULTS.out}). deno task
+                     train takes its MFU ceiling from the gemm result in this repository's
+                     bench/results/<adapter>.json, so results written elsewhere do not
+                     change it
   --help             print this help`;
 
 function positiveInteger(flag: string, raw: string | undefined, fallback: number, min = 1) {
@@ -102,26 +106,22 @@ function positiveInteger(flag: string, raw: string | undefined, fallback: number
 
 /** Parses the command line; throws OptionsError with a one-line message for bad input. */
 export function parseBenchArgs(argv: string[]): BenchArgs {
+  const options = {
+    steps: { type: "string" },
+    warmup: { type: "string" },
+    rank: { type: "string" },
+    "memory-model": { type: "string" },
+    "memory-rank": { type: "string" },
+    out: { type: "string" },
+    help: { type: "boolean" },
+  } as const;
   let parsed;
   try {
-    parsed = parseArgs({
-      args: argv,
-      allowPositionals: true,
-      strict: true,
-      options: {
-        steps: { type: "string" },
-        warmup: { type: "string" },
-        rank: { type: "string" },
-        "memory-model": { type: "string" },
-        "memory-rank": { type: "string" },
-        out: { type: "string" },
-        help: { type: "boolean" },
-      },
-    });
+    parsed = parseArgs({ args: argv, allowPositionals: true, strict: true, options });
   } catch (error) {
-    // node:util's messages span several lines, so keep only the first.
-    const first = (error as Error).message.split("\n")[0];
-    throw new OptionsError(`${first}: run deno task bench --help for the flags`);
+    const message = parseArgsMessage(error, Object.keys(options), "bench");
+    if (message === null) throw error;
+    throw new OptionsError(message);
   }
   const { values, positionals } = parsed;
   for (const name of positionals) {

@@ -7,6 +7,7 @@
 // command after an interruption continues with the next unfinished method.
 
 import { parseArgs } from "node:util";
+import { nearestName } from "../data/flags.ts";
 import { gpu, initGpu, MEMORY_CLASSES } from "../core/tensor.ts";
 import type { DType } from "../core/tensor.ts";
 import { countParams, type Method, METHODS, type ParamCount, usesRank } from "../layers/params.ts";
@@ -172,7 +173,13 @@ function readFlags(argv: string[]): { values: FlagValues; sweep: boolean; help: 
     const code = (error as { code?: string }).code;
     const quoted = (error as Error).message.match(/'([^']*)'/)?.[1] ?? "";
     if (code === "ERR_PARSE_ARGS_UNKNOWN_OPTION") {
-      throw new OptionsError(`unknown flag ${quoted}: run with --help to list the flags`);
+      const suggestion = nearestName(quoted.replace(/^-+/, ""), Object.keys(options));
+      if (suggestion === null) {
+        throw new OptionsError(`unknown flag ${quoted}: run with --help to list the flags`);
+      }
+      throw new OptionsError(
+        `unknown flag ${quoted}: did you mean --${suggestion}? Run with --help to list the flags`,
+      );
     }
     if (code === "ERR_PARSE_ARGS_INVALID_OPTION_VALUE") {
       const flag = quoted.split(" ")[0];
@@ -398,8 +405,8 @@ async function trainOne(
   // A run without summary.json restarts from step 0, so an old metrics file is dropped.
   // NOTE: an interrupted method loses its progress; its checkpoint is not resumed because
   // W_eff(0) of the rank tracker is not stored with it.
-  await Deno.remove(`${opts.out}/metrics.jsonl`).catch(() => {});
   const config = resolveModelConfig(opts);
+  opts.overwrite = true;
   const label = opts.out.split("/").slice(-2).join("/");
   const summary = await runTraining(opts, config, {
     log: (line) => log(`[${label}] ${line}`),
