@@ -17,6 +17,7 @@ import { add, mul, scale } from "../core/ops/elementwise.ts";
 import { linear as linearOp, matmul } from "../core/ops/matmul.ts";
 import { rand, randn } from "../core/random.ts";
 import { type DType, fromArray, gpu, scoped, type Tensor, zeros } from "../core/tensor.ts";
+import { bptLinear } from "./bpt_linear.ts";
 import { adapterParamCount, type Method, ParamsError, wrapsLinear } from "./params.ts";
 
 /** A parameter with the name it has in checkpoints and whether AdamW decays it. */
@@ -208,14 +209,17 @@ class LinearLayer implements Linear {
         y = mul(linearOp(xb, this.weight), this.a!);
         break;
       }
-      case "bpt": {
-        // a ⊙ (W (b ⊙ x) + U (V (b ⊙ x))): W gets no weight-gradient matmul.
-        const xb = mul(x, this.b!);
-        const base = linearOp(xb, this.weight);
-        const low = linearOp(linearOp(xb, this.v!), this.u!);
-        y = mul(add(base, low), this.a!);
-        break;
-      }
+      case "bpt":
+        // a ⊙ (W (b ⊙ x) + U (V (b ⊙ x))) + bias as one op: W gets no weight-gradient matmul.
+        return bptLinear(
+          x,
+          this.weight,
+          this.u!,
+          this.v!,
+          this.a!,
+          this.b!,
+          this.bias ?? undefined,
+        );
       case "lora":
       case "relora": {
         const base = linearOp(x, this.weight);

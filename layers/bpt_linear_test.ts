@@ -1,0 +1,136 @@
+import assert from "node:assert/strict";
+import { backward, clearTape, noGrad, tapeLength } from "../core/autograd.ts";
+import { add, mul } from "../core/ops/elementwise.ts";
+import { linear } from "../core/ops/matmul.ts";
+import { fromArray, initGpu, scoped, type Tensor } from "../core/tensor.ts";
+import { assertClose, seededArray } from "../core/testing.ts";
+import { bptLinear } from "./bpt_linear.ts";
+
+await initGpu();
+
+// Every GEMM here has a dimension of 7, 9 or 2, so all of them run the scalar (unaligned) kernel.
+const ROWS = 7, N = 12, M = 9, R = 2;
+const NAMES = ["x", "W", "U", "V", "a", "b", "bias"] as const;
+
+interface Case {
+  /** Shape of x; its last dimension is M. */
+  xShape: number[];
+  bias: boolean;
+  xGrad: boolean;
+  wGrad: boolean;
+}
+
+// One set of leaves per call, with the same values each time.
+function leaves(c: Case): Tensor[] {
+  const spec: [number[], boolean][] = [
+    [c.xShape, c.xGrad],
+    [[N, M], c.wGrad],
+    [[N, R], true],
+    [[R, M], true],
+    [[N], true],
+    [[M], true],
+  ];
+  if (c.bias) spec.push([[N], true]);
+  return spec.map(([shape, requiresGrad], i) => {
+    const numel = shape.reduce((p, q) => p * q, 1);
+    // Diagonals lie near 1, like trained ones. Everything else lies in [-1, 1].
+    const values = i === 4 || i === 5
+      ? seededArray(numel, 30 + i, 0.5, 1.5)
+      : seededArray(numel, 30 + i);
+    return fromArray(values, shape, { requiresGrad });
+  });
+}
+
+function unfused(t: Tensor[]): Tensor {
+  const [x, w, u, v, a, b, bias] = t;
+  const xb = mul(x, b);
+  const z = add(linear(xb, w), linear(linear(xb, v), u));
+  const y = mul(z, a);
+  return bias ? add(y, bias) : y;
+}
+
+function fused(t: Tensor[]): Tensor {
+  const [x, w, u, v, a, b, bias] = t;
+  return bptLinear(x, w, u, v, a, b, bias);
+}
+
+// Output and the gradient of every leaf (null for leaves without one) under a fixed seed gradient.
+async function evaluate(c: Case, f: (t: Tensor[]) => Tensor) {
+  const t = leaves(c);
+  const outShape = [...c.xShape.slice(0, -1), N];
+  const seed = seededArray(outShape.reduce((p, q) => p * q, 1), 99);
+  const y = scoped(() => {
+    const out = f(t).keep();
+    backward(out, fromArray(seed, outShape));
+    return out;
+  });
+  const grads: (Float32Array | null)[] = [];
+  for (const leaf of t) grads.push(leaf.grad ? await leaf.grad.toArray() : null);
+  const values = await y.toArray();
+  y.dispose();
+  for (const leaf of t) {
+    leaf.grad?.dispose();
+    leaf.dispose();
+  }
+  return { shape: [...y.shape], values, grads };
+}
+
+const CASES: Case[] = [
+  { xShape: [ROWS, M], bias: true, xGrad: true, wGrad: false },
+  { xShape: [ROWS, M], bias: false, xGrad: true, wGrad: false },
+  { xShape: [ROWS, M], bias: true, xGrad: false, wGrad: false },
+  { xShape: [ROWS, M], bias: false, xGrad: false, wGrad: false },
+  { xShape: [1, ROWS, M], bias: true, xGrad: true, wGrad: false },
+  { xShape: [ROWS, M], bias: true, xGrad: true, wGrad: true },
+];
+
+Deno.test("bptLinear output and gradients match the unfused ops", async () => {
+  for (const c of CASES) {
+    const label = JSON.stringify(c);
+    const want = await evaluate(c, unfused);
+    const got = await evaluate(c, fused);
+    assert.deepEqual(got.shape, want.shape, label);
+    assertClose(got.values, want.values, 1e-5, `${label} y`);
+    got.grads.forEach((g, i) => {
+      const name = `${label} d${NAMES[i]}`;
+      assert.equal(g === null, want.grads[i] === null, `${name}: presence differs`);
+      if (g && want.grads[i]) assertClose(g, want.grads[i]!, 1e-5, name);
+    });
+    assert.equal(got.grads[0] !== null, c.xGrad, `${label}: dx present`);
+    assert.equal(got.grads[1] !== null, c.wGrad, `${label}: dW present`);
+  }
+});
+
+Deno.test("bptLinear records one tape node", () => {
+  const c: Case = { xShape: [ROWS, M], bias: true, xGrad: true, wGrad: false };
+  const t = leaves(c);
+  const before = tapeLength();
+  scoped(() => {
+    fused(t);
+  });
+  assert.equal(tapeLength() - before, 1);
+  clearTape();
+  for (const leaf of t) leaf.dispose();
+});
+
+Deno.test("bptLinear under noGrad records nothing", () => {
+  const c: Case = { xShape: [ROWS, M], bias: false, xGrad: true, wGrad: false };
+  const t = leaves(c);
+  const before = tapeLength();
+  scoped(() => {
+    noGrad(() => fused(t));
+  });
+  assert.equal(tapeLength(), before);
+  for (const leaf of t) leaf.dispose();
+});
+
+Deno.test("bptLinear rejects mismatched shapes", () => {
+  const x = fromArray(new Float32Array(ROWS * M), [ROWS, M]);
+  const w = fromArray(new Float32Array(N * M), [N, M]);
+  const u = fromArray(new Float32Array(N * R), [N, R]);
+  const vWrong = fromArray(new Float32Array(R * (M + 1)), [R, M + 1]);
+  const a = fromArray(new Float32Array(N), [N]);
+  const b = fromArray(new Float32Array(M), [M]);
+  assert.throws(() => bptLinear(x, w, u, vWrong, a, b), /bptLinear: shapes do not match/);
+  for (const t of [x, w, u, vWrong, a, b]) t.dispose();
+});
