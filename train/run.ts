@@ -233,7 +233,7 @@ export async function runTraining(
   };
 
   // Builds the error that stops a diverged run. A checkpoint saved at or after
-  // step `badWeights` holds weights that gave the non-finite value, so it is
+  // step `badWeights` contains weights that gave the non-finite value, so it is
   // replaced by the one before it.
   const diverged = async (what: string, step: number, badWeights: number, lr: number) => {
     const kept = await rollBack(out, badWeights);
@@ -341,7 +341,7 @@ export async function runTraining(
 }
 
 // Stops a new run from mixing its metrics and checkpoints with an earlier run's,
-// unless --overwrite asks to replace them.
+// unless --overwrite is given.
 async function claimOut(out: string, overwrite: boolean): Promise<void> {
   const earlier = ["checkpoint", "checkpoint.prev", "metrics.jsonl"];
   const found: string[] = [];
