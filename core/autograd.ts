@@ -129,6 +129,8 @@ function accumulate(
 
   if (!produced.has(base)) {
     // A leaf: accumulate into its persistent gradient.
+    // NOTE: the first gradient is copied into a zeroed buffer rather than adopted,
+    // which costs one extra pass over each parameter's gradient per step.
     if (!base.grad) {
       base.grad = zeros(base.shape, { memoryClass: "gradients", name: `${base.name}.grad` }).keep();
     }

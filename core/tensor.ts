@@ -1,6 +1,6 @@
 // GPU-resident tensors, the buffer pool, and the memory ledger.
 //
-// Storage layouts: f32 is one value per 4 bytes; bf16 and f16 are packed two
+// Storage layouts: f32 is one value per 4 bytes. bf16 and f16 are packed two
 // values per u32 word, element i in the low half of word i/2 when i is even.
 // Kernels convert with the helpers in wgsl.ts, so bf16 needs no device feature.
 

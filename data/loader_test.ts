@@ -209,7 +209,7 @@ Deno.test("small text source has both splits", async () => {
     const expected = [gpt2.eotId, ...gpt2.encode(paragraphs[19])];
     assert.deepEqual(Array.from(val.batches[0].inputs.subarray(0, expected.length)), expected);
 
-    // The first train epoch holds each of the 190 train paragraphs once.
+    // The first train epoch contains each of the 190 train paragraphs once.
     const trainParagraphs = paragraphs.filter((_, i) => i % 20 !== 19);
     const epochTokens = trainParagraphs.reduce((sum, p) => sum + 1 + gpt2.encode(p).length, 0);
     const train = await take(options, Math.ceil(epochTokens / 32));

@@ -56,8 +56,8 @@ export function openParquetSource(
       for (let g = 0; g < cursor; g++) rowStart += Number(metadata.row_groups[g].num_rows);
       for (let group = cursor; group < metadata.row_groups.length; group++) {
         const rowEnd = rowStart + Number(metadata.row_groups[group].num_rows);
-        // NOTE: a whole row group's text is held in memory; its size is set by whoever wrote
-        // the file, so memory is bounded per row group, not by this reader.
+        // NOTE: a whole row group's text is kept in memory. The file's writer chose the
+        // row-group size, so memory is bounded per row group, not by this reader.
         const rows = await readRows(file, metadata, columns, rowStart, rowEnd);
         const docs = rows.map((row) => {
           const doc = decodeDocument(textBytes(row[textColumn], name, textColumn), stats);

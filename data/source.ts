@@ -211,7 +211,7 @@ export function namedSplit(name: string): Split | null {
   return null;
 }
 
-/** Which split each shard, document or token position of a source belongs to. */
+/** Assignment of a source's shards, documents or token positions to the train and val splits. */
 export interface SplitRule {
   shardRole(shard: number): Split | "mixed";
   splitOf(shard: number, index: number): Split;

@@ -217,8 +217,8 @@ Deno.test("loss gradient matches finite differences", async () => {
     const t = byName.get(name)!;
     const analytic = (await t.grad!.toArray())[idx];
     const values = await t.toArray();
-    // f32 loss values near 4.6 resolve ~5e-7, so h must move the loss well above that;
-    // embedding entries are ~0.02 in size and get a step to match.
+    // f32 loss values near 4.6 resolve ~5e-7, so h must move the loss well above that.
+    // Embedding entries are ~0.02 in size, so they get a smaller step.
     const h = name.startsWith("model.embed") ? 0.01 : 0.1;
     const set = async (v: number) => {
       values[idx] = v;

@@ -1,7 +1,7 @@
 // Singular values and ranks of small dense matrices, on the CPU in f64.
-// Used to measure the rank of a layer's accumulated update ΔW, the quantity
-// behind BPT's claim: A(W + UV)B − W can have rank up to min(n, m, 2·rank(W) + r)
-// at every step, while LoRA's update stays at rank ≤ r.
+// They measure the rank of a layer's accumulated update ΔW. For BPT,
+// A(W + UV)B − W can reach rank min(n, m, 2·rank(W) + r) at every step, while
+// LoRA's update stays at rank ≤ r.
 
 /**
  * Singular values of an n×m row-major matrix, largest first, by one-sided
@@ -70,7 +70,7 @@ export function singularValues(a: ArrayLike<number>, n: number, m: number): Floa
  * Numerical rank: the count of singular values above `relTol` · σ_max.
  * The default 1e-6 sits far above f64 rounding of the SVD (~1e-13 relative)
  * and below the smallest direction a few optimizer steps add to a unit-scale
- * matrix; pass a larger tolerance for updates measured from bf16 weights.
+ * matrix. Pass a larger tolerance for updates measured from bf16 weights.
  */
 export function numericalRank(sv: ArrayLike<number>, relTol = 1e-6): number {
   const max = sv.length > 0 ? sv[0] : 0;

@@ -233,7 +233,7 @@ Deno.test("non-finite loss stops the run", async () => {
   assert.match(lines[0], /loss is (NaN|Infinity|-Infinity) at step \d+/);
 
   // The loss of step s comes from the weights saved at step s − 1, so the run
-  // keeps only a checkpoint from before those, and says which.
+  // keeps only a checkpoint from before those and names its step.
   const failedAt = Number(lines[0].match(/at step (\d+)/)![1]);
   const kept = await checkpointStep(out);
   if (failedAt >= 3) {

@@ -10,8 +10,8 @@ import { empty, gpu, ShapeError, type Tensor } from "../tensor.ts";
 import { flatIndex, grid1d, main1d, storage, uniforms, window, windowElements } from "../wgsl.ts";
 import { rowBlocks } from "./rows.ts";
 
-// How `b` combines with `a`: same shape, or `b` repeats every `b.numel` elements
-// of `a` (a's trailing dims equal b's shape: a bias or a norm weight).
+// Returns how `b` combines with `a`: the same shape, or `b` repeated every
+// `b.numel` elements of `a` when a's trailing dims equal b's shape (a bias or a norm weight).
 function broadcastKind(op: string, a: Tensor, b: Tensor): "same" | "rows" {
   if (a.numel === b.numel && a.shape.join() === b.shape.join()) return "same";
   const tail = a.shape.slice(a.shape.length - b.shape.length);
