@@ -47,6 +47,27 @@ export function record(op: string, output: Tensor, inputs: Tensor[], backward: B
   tape.push({ op, output, inputs, backward });
 }
 
+/**
+ * For backward closures: the persistent f32 gradient of `t`, shaped like `t`
+ * and allocated zeroed on first use, when `t` is a leaf that requires a
+ * gradient; otherwise null. A closure that adds into it (a GEMM with beta = 1)
+ * returns null for that input. This saves the pass that would copy a separate
+ * gradient into the buffer.
+ */
+export function leafGrad(t: Tensor): Tensor | null {
+  const base = baseOf(t);
+  if (!t.requiresGrad || produced.has(base)) return null;
+  const g = gradBuffer(base);
+  return g.shape.join() === t.shape.join() ? g : g.reshape([...t.shape]);
+}
+
+function gradBuffer(base: Tensor): Tensor {
+  if (!base.grad) {
+    base.grad = zeros(base.shape, { memoryClass: "gradients", name: `${base.name}.grad` }).keep();
+  }
+  return base.grad;
+}
+
 /** Number of recorded ops, for tests and benchmarks. */
 export function tapeLength(): number {
   return tape.length;
@@ -128,13 +149,9 @@ function accumulate(
     : dx;
 
   if (!produced.has(base)) {
-    // A leaf: accumulate into its persistent gradient.
-    // NOTE: the first gradient is copied into a zeroed buffer rather than adopted,
-    // which costs one extra pass over each parameter's gradient per step.
-    if (!base.grad) {
-      base.grad = zeros(base.shape, { memoryClass: "gradients", name: `${base.name}.grad` }).keep();
-    }
-    addInto(base.grad, g);
+    // A leaf: accumulate into its persistent gradient. Ops whose backward
+    // writes there itself (see leafGrad) return null and never get here.
+    addInto(gradBuffer(base), g);
     return true;
   }
   const prev = grads.get(base);

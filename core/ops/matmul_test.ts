@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { gemm, type GemmConfig, linear, matmul, setGemmConfig } from "./matmul.ts";
 import { backward } from "../autograd.ts";
+import { add } from "./elementwise.ts";
 import {
   bf16ToF32,
   type DType,
@@ -339,6 +340,52 @@ Deno.test("frozen weight gets no gradient or dW kernel", async () => {
   );
   assert.equal(both.length, 2, `backward gemm dispatches: ${both.join("; ")}`);
   assert.notEqual(trained.grad, null);
+});
+
+Deno.test("leaf gradients accumulate in place over uses and backward passes", async () => {
+  // y = (x Wᵀ + bias) + x Wᵀ, and two backward passes run before the gradients
+  // are read: W.grad must sum four dyᵀ x products and x.grad four dy W products.
+  const rows = 6, n = 8, m = 4;
+  const xv = seededArray(rows * m, 33);
+  const wv = seededArray(n * m, 34);
+  const x = fromArray(xv, [rows, m], { requiresGrad: true });
+  const w = fromArray(wv, [n, m], { requiresGrad: true });
+  const bias = fromArray(seededArray(n, 35), [n], { requiresGrad: true });
+  const seeds = [seededArray(rows * n, 36), seededArray(rows * n, 37)];
+  const labels: string[] = [];
+  const g = gpu();
+  const original = g.dispatch;
+  g.dispatch = (d) => {
+    labels.push(d.label);
+    original.call(g, d);
+  };
+  try {
+    for (const seed of seeds) {
+      const y = add(linear(x, w, bias), linear(x, w));
+      backward(y, fromArray(seed, [rows, n]));
+    }
+  } finally {
+    g.dispatch = original;
+  }
+  // x, W and bias are leaves: nothing is copied into their gradients afterwards.
+  assert.deepEqual(labels.filter((l) => l.startsWith("addInto")), []);
+
+  const dw = new Float64Array(n * m);
+  const dx = new Float64Array(rows * m);
+  const db = new Float64Array(n);
+  for (const seed of seeds) {
+    // Per pass: dW += 2 dyᵀ x, dx += 2 dy W, dbias += Σ_rows dy.
+    const dyT = new Float32Array(n * rows);
+    for (let r = 0; r < rows; r++) for (let j = 0; j < n; j++) dyT[j * rows + r] = seed[r * n + j];
+    const gw = reference(dyT, xv, n, m, rows);
+    const gx = reference(seed, wv, rows, m, n);
+    for (let i = 0; i < dw.length; i++) dw[i] += 2 * gw[i];
+    for (let i = 0; i < dx.length; i++) dx[i] += 2 * gx[i];
+    for (let r = 0; r < rows; r++) for (let j = 0; j < n; j++) db[j] += seed[r * n + j];
+  }
+  assert.ok(maxError(await w.grad!.toArray(), dw) < 1e-4);
+  assert.ok(maxError(await x.grad!.toArray(), dx) < 1e-4);
+  assert.ok(maxError(await bias.grad!.toArray(), db) < 1e-4);
 });
 
 Deno.test("matmul shape mismatch names both shapes", () => {
