@@ -70,6 +70,29 @@ export function main1d(wg = 256): string {
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>)`;
 }
 
+/** Invocations per workgroup of `main2d` kernels, all along a row. */
+export const WG_2D = 64;
+
+/**
+ * Entry-point header for kernels over a [rows, cols] view dispatched with
+ * `grid2d`: it defines `row` and `col` and returns early past the edges
+ * (the uniform struct `p` needs `rows` and `cols` fields). Computing the
+ * column as `i % cols` instead costs an integer division per element, which
+ * CPU adapters such as llvmpipe run one SIMD lane at a time.
+ */
+export function main2d(): string {
+  return `@compute @workgroup_size(${WG_2D})
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+  let col = gid.x;
+  let row = gid.y;
+  if (col >= p.cols || row >= p.rows) { return; }`;
+}
+
+/** Workgroup counts for `main2d` over `rows` (at most maxComputeWorkgroupsPerDimension) × `cols`. */
+export function grid2d(rows: number, cols: number): [number, number] {
+  return [Math.max(1, Math.ceil(cols / WG_2D)), Math.max(1, rows)];
+}
+
 /** A storage binding covering elements [start, start + count) of a tensor. */
 export interface Window {
   binding: GPUBufferBinding;

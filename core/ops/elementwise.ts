@@ -7,8 +7,18 @@
 
 import { record } from "../autograd.ts";
 import { empty, gpu, ShapeError, type Tensor } from "../tensor.ts";
-import { flatIndex, grid1d, main1d, storage, uniforms, window, windowElements } from "../wgsl.ts";
-import { rowBlocks } from "./rows.ts";
+import {
+  flatIndex,
+  grid1d,
+  grid2d,
+  main1d,
+  main2d,
+  storage,
+  uniforms,
+  window,
+  windowElements,
+} from "../wgsl.ts";
+import { gridBlocks, rowBlocks } from "./rows.ts";
 
 // Returns how `b` combines with `a`: the same shape, or `b` repeated every
 // `b.numel` elements of `a` when a's trailing dims equal b's shape (a bias or a norm weight).
@@ -23,11 +33,13 @@ function broadcastKind(op: string, a: Tensor, b: Tensor): "same" | "rows" {
 
 const BINARY = { add: "x + y", mul: "x * y" } as const;
 
-// out[i] = a[i] (op) b[i mod b.numel]; windows split a and out, b is bound whole.
+// out = a (op) b, with b of a's shape or one row repeated down a viewed as [rows, b.numel].
 function binary(op: keyof typeof BINARY, a: Tensor, b: Tensor, kind: "same" | "rows"): Tensor {
   const out = empty(a.shape);
-  const code = `
-struct P { n: u32, bn: u32, oa: u32, ob: u32, oo: u32, base: u32 }
+  const label = `${op}(${a.shapeString}, ${b.shapeString})`;
+  if (kind === "same") {
+    const code = `
+struct P { n: u32, oa: u32, ob: u32, oo: u32 }
 @group(0) @binding(0) var<uniform> p: P;
 ${storage(1, "A", a.dtype)}
 ${storage(2, "B", b.dtype)}
@@ -36,28 +48,49 @@ ${main1d()} {
   let i = ${flatIndex()};
   if (i >= p.n) { return; }
   let x = ld_A(p.oa + i);
-  let y = ld_B(p.ob + (p.base + i) % p.bn);
+  let y = ld_B(p.ob + i);
   O[p.oo + i] = ${BINARY[op]};
 }`;
-  const step = kind === "same" ? windowElements("f32") : windowElements("f32");
-  for (let start = 0; start < a.numel; start += step) {
-    const n = Math.min(step, a.numel - start);
-    const wa = window(a, start, n);
-    const wo = window(out, start, n);
-    const wb = kind === "same" ? window(b, start, n) : window(b, 0, b.numel);
+    const step = windowElements("f32");
+    for (let start = 0; start < a.numel; start += step) {
+      const n = Math.min(step, a.numel - start);
+      const wa = window(a, start, n);
+      const wb = window(b, start, n);
+      const wo = window(out, start, n);
+      gpu().dispatch({
+        label,
+        code,
+        buffers: [wa.binding, wb.binding, wo.binding],
+        uniforms: uniforms(n, wa.offset, wb.offset, wo.offset),
+        workgroups: grid1d(n),
+      });
+    }
+    return out;
+  }
+
+  const cols = b.numel;
+  const code = `
+struct P { rows: u32, cols: u32, oa: u32, ob: u32, oo: u32 }
+@group(0) @binding(0) var<uniform> p: P;
+${storage(1, "A", a.dtype)}
+${storage(2, "B", b.dtype)}
+${storage(3, "O", "f32", "read_write")}
+${main2d()}
+  let i = row * p.cols + col;
+  let x = ld_A(p.oa + i);
+  let y = ld_B(p.ob + col);
+  O[p.oo + i] = ${BINARY[op]};
+}`;
+  const wb = window(b, 0, cols);
+  for (const blk of gridBlocks(op, a.numel / Math.max(1, cols), cols)) {
+    const wa = window(a, blk.start * cols, blk.count * cols);
+    const wo = window(out, blk.start * cols, blk.count * cols);
     gpu().dispatch({
-      label: `${op}(${a.shapeString}, ${b.shapeString})`,
+      label,
       code,
       buffers: [wa.binding, wb.binding, wo.binding],
-      uniforms: uniforms(
-        n,
-        kind === "same" ? n : b.numel,
-        wa.offset,
-        wb.offset,
-        wo.offset,
-        kind === "same" ? 0 : start % b.numel,
-      ),
-      workgroups: grid1d(n),
+      uniforms: uniforms(blk.count, cols, wa.offset, wb.offset, wo.offset),
+      workgroups: grid2d(blk.count, cols),
     });
   }
   return out;
@@ -190,13 +223,19 @@ ${main1d()} {
 /**
  * Sums a tensor viewed as [R, C] over its rows: out[c] = Σ_r x[r, c], with
  * C = `cols`. Used by broadcast backward (bias and norm-weight gradients).
+ * With `into` (f32, `cols` elements) the sums are added to it and it is returned.
  */
-export function sumRows(x: Tensor, cols: number): Tensor {
+export function sumRows(x: Tensor, cols: number, into?: Tensor): Tensor {
   if (x.numel % cols !== 0) {
     throw new ShapeError(`sumRows: ${x.shapeString} does not split into rows of ${cols}`);
   }
+  if (into && (into.dtype !== "f32" || into.numel !== cols)) {
+    throw new ShapeError(
+      `sumRows: cannot add ${cols} column sums into ${into.dtype} ${into.shapeString}`,
+    );
+  }
   const rows = x.numel / cols;
-  const out = empty([cols]);
+  const out = into ?? empty([cols]);
   // One invocation per column, walking the rows: fine for bias-sized outputs.
   // Row blocks keep each window of x within one binding; later blocks add to O.
   const code = `
@@ -218,7 +257,7 @@ ${main1d()} {
       label: `sumRows(${rows}x${cols})`,
       code,
       buffers: [wx.binding, out.buffer],
-      uniforms: uniforms(blk.count, cols, wx.offset, i === 0 ? 1 : 0),
+      uniforms: uniforms(blk.count, cols, wx.offset, i === 0 && !into ? 1 : 0),
       workgroups: grid1d(cols),
     });
   });

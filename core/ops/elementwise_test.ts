@@ -53,3 +53,43 @@ Deno.test("sumRows split matches the unsplit sum", async () => {
     g.bindingLimit = saved;
   }
 });
+
+Deno.test("mul and add broadcast over rows split into blocks match a CPU reference", async () => {
+  const { gpu } = await import("../tensor.ts");
+  const rows = 41, cols = 13;
+  const a = seededArray(rows * cols, 21);
+  const b = seededArray(cols, 22);
+  const g = gpu();
+  const saved = g.bindingLimit;
+  try {
+    // 1024-byte bindings hold a few rows each, so every op runs as several dispatches.
+    g.bindingLimit = 1024;
+    const before = g.dispatchCount;
+    const prod = await mul(fromArray(a, [rows, cols]), fromArray(b, [cols])).toArray();
+    const sum = await add(fromArray(a, [rows, cols]), fromArray(b, [cols])).toArray();
+    assert.ok(g.dispatchCount - before > 2, "the broadcast ops were not split");
+    for (let i = 0; i < a.length; i++) {
+      assert.ok(Math.abs(prod[i] - a[i] * b[i % cols]) < 1e-6, `mul element ${i}`);
+      assert.ok(Math.abs(sum[i] - (a[i] + b[i % cols])) < 1e-6, `add element ${i}`);
+    }
+  } finally {
+    g.bindingLimit = saved;
+  }
+});
+
+Deno.test("sumRows adds into a given tensor", async () => {
+  const { sumRows } = await import("./elementwise.ts");
+  const rows = 5, cols = 3;
+  const x = seededArray(rows * cols, 23);
+  const start = [10, -20, 30];
+  const into = fromArray(new Float32Array(start), [cols]);
+  const out = sumRows(fromArray(x, [rows, cols]), cols, into);
+  assert.equal(out, into);
+  const got = await into.toArray();
+  for (let c = 0; c < cols; c++) {
+    let s = start[c];
+    for (let r = 0; r < rows; r++) s += x[r * cols + c];
+    assert.ok(Math.abs(got[c] - s) < 1e-5, `column ${c}: ${got[c]} vs ${s}`);
+  }
+  assert.throws(() => sumRows(fromArray(x, [rows, cols]), cols, fromArray([0, 0], [2])), /sumRows/);
+});

@@ -2,7 +2,7 @@
 // one workgroup per row of a [R, C] view, a workgroup-memory tree reduction,
 // and row blocks that keep every binding under the binding limit.
 
-import { type DType, ShapeError } from "../tensor.ts";
+import { type DType, gpu, ShapeError } from "../tensor.ts";
 import { windowElements } from "../wgsl.ts";
 
 /** Invocations per row workgroup; the tree reductions below assume a power of two. */
@@ -89,8 +89,8 @@ export interface RowBlock {
 
 /**
  * Splits `rows` rows of `cols` elements into blocks whose windows fit one
- * binding. `dtype` is the widest dtype among the tensors bound in blocks, f32
- * by default because op outputs are f32. Throws ShapeError when a single row
+ * binding, and hold at most `maxRows` rows. `dtype` is the widest dtype among
+ * the tensors bound in blocks, f32 by default because op outputs are f32. Throws ShapeError when a single row
  * is larger than a binding.
  */
 export function rowBlocks(
@@ -98,6 +98,7 @@ export function rowBlocks(
   rows: number,
   cols: number,
   dtype: DType = "f32",
+  maxRows = Infinity,
 ): RowBlock[] {
   const perWindow = windowElements(dtype);
   if (cols > perWindow) {
@@ -105,12 +106,17 @@ export function rowBlocks(
       `${op}: a row of ${cols} elements exceeds one storage binding (${perWindow} ${dtype} elements); use a smaller last dimension`,
     );
   }
-  const step = Math.max(1, Math.floor(perWindow / Math.max(1, cols)));
+  const step = Math.min(maxRows, Math.max(1, Math.floor(perWindow / Math.max(1, cols))));
   const blocks: RowBlock[] = [];
   for (let start = 0; start < rows; start += step) {
     blocks.push({ start, count: Math.min(step, rows - start) });
   }
   return blocks;
+}
+
+/** Row blocks for `main2d` kernels: within one binding and one grid dimension each. */
+export function gridBlocks(op: string, rows: number, cols: number): RowBlock[] {
+  return rowBlocks(op, rows, cols, "f32", gpu().limits.maxComputeWorkgroupsPerDimension);
 }
 
 /** Splits a tensor's shape into rows and the last dimension, for row ops. */
