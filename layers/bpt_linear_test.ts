@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { backward, clearTape, noGrad, tapeLength } from "../core/autograd.ts";
 import { add, mul } from "../core/ops/elementwise.ts";
 import { linear } from "../core/ops/matmul.ts";
-import { fromArray, initGpu, scoped, type Tensor } from "../core/tensor.ts";
+import { fromArray, gpu, initGpu, scoped, type Tensor } from "../core/tensor.ts";
 import { assertClose, seededArray } from "../core/testing.ts";
 import { bptLinear } from "./bpt_linear.ts";
 
@@ -82,6 +82,8 @@ const CASES: Case[] = [
   { xShape: [ROWS, M], bias: false, xGrad: false, wGrad: false },
   { xShape: [1, ROWS, M], bias: true, xGrad: true, wGrad: false },
   { xShape: [ROWS, M], bias: true, xGrad: true, wGrad: true },
+  // More rows than one invocation of the diagonal-gradient kernel sums.
+  { xShape: [3, 50, M], bias: true, xGrad: true, wGrad: false },
 ];
 
 Deno.test("bptLinear output and gradients match the unfused ops", async () => {
@@ -99,6 +101,25 @@ Deno.test("bptLinear output and gradients match the unfused ops", async () => {
     assert.equal(got.grads[0] !== null, c.xGrad, `${label}: dx present`);
     assert.equal(got.grads[1] !== null, c.wGrad, `${label}: dW present`);
   }
+});
+
+Deno.test("bptLinear split into blocks by the binding limit matches the unfused ops", async () => {
+  const c: Case = { xShape: [3, 50, M], bias: true, xGrad: true, wGrad: false };
+  const want = await evaluate(c, unfused);
+  const g = gpu();
+  const saved = g.bindingLimit;
+  let got: Awaited<ReturnType<typeof evaluate>>;
+  try {
+    // 1024-byte bindings hold about 20 rows of 9 f32, so each kernel runs in several blocks.
+    g.bindingLimit = 1024;
+    got = await evaluate(c, fused);
+  } finally {
+    g.bindingLimit = saved;
+  }
+  assertClose(got.values, want.values, 1e-5, "y");
+  got.grads.forEach((grad, i) => {
+    if (grad && want.grads[i]) assertClose(grad, want.grads[i]!, 1e-5, `d${NAMES[i]}`);
+  });
 });
 
 Deno.test("bptLinear records one tape node", () => {

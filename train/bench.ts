@@ -331,55 +331,74 @@ function disposeTrainer(trainer: Trainer) {
   drainPool();
 }
 
-async function measureSteps(
-  c: StepConfig,
+// Measures the configurations of one model together: each is built and warmed
+// up, then the measured steps go round-robin, one step of each configuration
+// per round. A drift of the machine's speed over the run (clock boost, another
+// process) then lands on every method alike instead of on whichever ran last.
+async function measureGroup(
+  configs: StepConfig[],
   args: BenchArgs,
   ceilingFlops: number,
   waits: { readonly count: number },
-): Promise<StepRow> {
+): Promise<StepRow[]> {
   const g = gpu();
-  const trainer = await createTrainer(c, args.rank);
+  const trainers: Trainer[] = [];
   try {
-    for (let i = 0; i < args.warmup; i++) await trainer.trainStep();
-    const times: number[] = [];
-    const dispatch0 = g.dispatchCount;
-    const submit0 = g.submitCount;
-    const wait0 = waits.count;
-    for (let i = 0; i < args.steps; i++) {
-      const t0 = performance.now();
-      await trainer.trainStep();
-      times.push(performance.now() - t0);
+    for (const c of configs) {
+      const trainer = await createTrainer(c, args.rank);
+      trainers.push(trainer);
+      for (let i = 0; i < args.warmup; i++) await trainer.trainStep();
     }
-    const medianMs = median(times);
-    const tokens = trainer.tokensPerStep;
-    const flops = stepFlops(trainer.config, c.method, args.rank, tokens, c.seqLen).total;
-    return {
-      ...c,
-      rank: args.rank,
-      tokensPerStep: tokens,
-      medianMs,
-      minMs: Math.min(...times),
-      maxMs: Math.max(...times),
-      tokensPerSecond: tokens / (medianMs / 1000),
-      flopsPerStep: flops,
-      mfu: mfu(flops, medianMs / 1000, ceilingFlops),
-      dispatchesPerStep: (g.dispatchCount - dispatch0) / args.steps,
-      submitsPerStep: (g.submitCount - submit0) / args.steps,
-      waitsPerStep: (waits.count - wait0) / args.steps,
-    };
+    const times = configs.map(() => [] as number[]);
+    const counts = configs.map(() => ({ dispatches: 0, submits: 0, waits: 0 }));
+    for (let i = 0; i < args.steps; i++) {
+      for (let j = 0; j < configs.length; j++) {
+        const [d0, s0, w0] = [g.dispatchCount, g.submitCount, waits.count];
+        const t0 = performance.now();
+        await trainers[j].trainStep();
+        times[j].push(performance.now() - t0);
+        counts[j].dispatches += g.dispatchCount - d0;
+        counts[j].submits += g.submitCount - s0;
+        counts[j].waits += waits.count - w0;
+      }
+    }
+    return configs.map((c, j) => {
+      const medianMs = median(times[j]);
+      const tokens = trainers[j].tokensPerStep;
+      const flops = stepFlops(trainers[j].config, c.method, args.rank, tokens, c.seqLen).total;
+      return {
+        ...c,
+        rank: args.rank,
+        tokensPerStep: tokens,
+        medianMs,
+        minMs: Math.min(...times[j]),
+        maxMs: Math.max(...times[j]),
+        tokensPerSecond: tokens / (medianMs / 1000),
+        flopsPerStep: flops,
+        mfu: mfu(flops, medianMs / 1000, ceilingFlops),
+        dispatchesPerStep: counts[j].dispatches / args.steps,
+        submitsPerStep: counts[j].submits / args.steps,
+        waitsPerStep: counts[j].waits / args.steps,
+      };
+    });
   } finally {
-    disposeTrainer(trainer);
+    for (const t of trainers) disposeTrainer(t);
   }
 }
 
 async function runStep(args: BenchArgs, ceilingGflops: number, waits: { readonly count: number }) {
   const rows: StepRow[] = [];
-  for (const c of stepConfigs()) {
-    const row = await measureSteps(c, args, ceilingGflops * 1e9, waits);
-    rows.push(row);
-    console.error(
-      `step: ${c.model} ${c.method} ${c.dtype} done, median ${row.medianMs.toFixed(0)} ms`,
+  const configs = stepConfigs();
+  for (const model of new Set(configs.map((c) => c.model))) {
+    const group = await measureGroup(
+      configs.filter((c) => c.model === model),
+      args,
+      ceilingGflops * 1e9,
+      waits,
     );
+    rows.push(...group);
+    const medians = group.map((r) => `${r.method} ${r.dtype} ${r.medianMs.toFixed(0)}`);
+    console.error(`step: ${model} done, median ms: ${medians.join(", ")}`);
   }
   console.log(
     `adapter: ${gpu().description}; ceiling ${ceilingGflops.toFixed(1)} GFLOP/s; ` +
