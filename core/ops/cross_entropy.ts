@@ -17,8 +17,8 @@
 
 import { gradEnabled, record } from "../autograd.ts";
 import { empty, gpu, ShapeError, type Tensor } from "../tensor.ts";
-import { flatIndex, grid1d, main1d, storage, uniforms, window } from "../wgsl.ts";
-import { ROW_WG, rowBlocks, rowMain, rowsAndCols, WG_REDUCE } from "./rows.ts";
+import { grid1d, grid2d, main2d, storage, uniforms, window } from "../wgsl.ts";
+import { gridBlocks, ROW_WG, rowBlocks, rowMain, rowsAndCols, WG_REDUCE } from "./rows.ts";
 
 const NAN = "bitcast<f32>(0x7fc00000u)";
 
@@ -187,7 +187,7 @@ function crossEntropyBackward(
 ): Tensor {
   const dx = empty(logits.shape);
   const code = `
-struct P { n: u32, cols: u32, ox: u32, ot: u32, ostats: u32, odx: u32, ignore: i32 }
+struct P { rows: u32, cols: u32, ox: u32, ot: u32, ostats: u32, odx: u32, ignore: i32 }
 @group(0) @binding(0) var<uniform> p: P;
 ${storage(1, "X", logits.dtype)}
 @group(0) @binding(2) var<storage, read> TGT: array<i32>;
@@ -195,11 +195,8 @@ ${storage(1, "X", logits.dtype)}
 @group(0) @binding(4) var<storage, read> COUNT: array<f32>;
 ${storage(5, "DY", dy.dtype)}
 @group(0) @binding(6) var<storage, read_write> DX: array<f32>;
-${main1d()} {
-  let i = ${flatIndex()};
-  if (i >= p.n) { return; }
-  let row = i / p.cols;
-  let c = i % p.cols;
+${main2d()}
+  let i = row * p.cols + col;
   let t = TGT[p.ot + row];
   if (t == p.ignore) {
     DX[p.odx + i] = 0.0;
@@ -212,23 +209,22 @@ ${main1d()} {
   let row_max = STATS[p.ostats + 2u * row];
   let log_sum = STATS[p.ostats + 2u * row + 1u];
   let prob = exp((ld_X(p.ox + i) - row_max) - log_sum);
-  let onehot = select(0.0, 1.0, u32(t) == c);
+  let onehot = select(0.0, 1.0, u32(t) == col);
   DX[p.odx + i] = ld_DY(0u) / COUNT[0] * (prob - onehot);
 }`;
-  for (const { start, count: blockRows } of rowBlocks("cross_entropy_backward", rows, cols)) {
+  for (const { start, count: blockRows } of gridBlocks("cross_entropy_backward", rows, cols)) {
     const wx = window(logits, start * cols, blockRows * cols);
     const wt = window(targets, start, blockRows);
     const ws = window(stats, start * 2, blockRows * 2);
     const wdx = window(dx, start * cols, blockRows * cols);
-    const n = blockRows * cols;
     gpu().dispatch({
       label: `cross_entropy_backward(${rows}x${cols})`,
       code,
       buffers: [wx.binding, wt.binding, ws.binding, count.buffer, dy.buffer, wdx.binding],
-      uniforms: uniforms(n, cols, wx.offset, wt.offset, ws.offset, wdx.offset, {
+      uniforms: uniforms(blockRows, cols, wx.offset, wt.offset, ws.offset, wdx.offset, {
         i: ignoreIndex,
       }),
-      workgroups: grid1d(n),
+      workgroups: grid2d(blockRows, cols),
     });
   }
   return dx;
