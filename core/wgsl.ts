@@ -29,6 +29,25 @@ fn ld_${name}(i: u32) -> f32 {
 }
 
 /**
+ * Declares read-only storage binding `binding` named `name` and a function
+ * `lv_<name>(e: u32) -> vec4<f32>` that reads elements e..e+3 (e a multiple of 4).
+ */
+export function vecStorage(binding: number, name: string, dtype: DType): string {
+  if (dtype === "f32") {
+    return `@group(0) @binding(${binding}) var<storage, read> ${name}: array<vec4<f32>>;
+fn lv_${name}(e: u32) -> vec4<f32> { return ${name}[e >> 2u]; }`;
+  }
+  const unpack = dtype === "bf16"
+    ? `vec4<f32>(bitcast<f32>(w.x << 16u), bitcast<f32>(w.x & 0xffff0000u), bitcast<f32>(w.y << 16u), bitcast<f32>(w.y & 0xffff0000u))`
+    : `vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y))`;
+  return `@group(0) @binding(${binding}) var<storage, read> ${name}: array<vec2<u32>>;
+fn lv_${name}(e: u32) -> vec4<f32> {
+  let w = ${name}[e >> 2u];
+  return ${unpack};
+}`;
+}
+
+/**
  * WGSL functions `bf16_bits(x) -> u32` (round to nearest even; NaN stays a quiet
  * NaN, ±Inf stays ±Inf) and `pack_bf16(lo, hi) -> u32`. They work on the bit
  * pattern, so subnormal inputs are not flushed by float arithmetic.

@@ -27,6 +27,7 @@ import {
   main1d,
   storage,
   uniforms,
+  vecStorage,
   type Window,
   window,
   windowElements,
@@ -687,23 +688,6 @@ struct P {
   kSplit: u32,
 }
 @group(0) @binding(0) var<uniform> p: P;`;
-
-// Declares binding `binding` as `name` with `lv_<name>(e) -> vec4<f32>`, the
-// four elements from element e (a multiple of 4).
-function vecStorage(binding: number, name: string, dtype: DType): string {
-  if (dtype === "f32") {
-    return `@group(0) @binding(${binding}) var<storage, read> ${name}: array<vec4<f32>>;
-fn lv_${name}(e: u32) -> vec4<f32> { return ${name}[e >> 2u]; }`;
-  }
-  const unpack = dtype === "bf16"
-    ? `vec4<f32>(bitcast<f32>(w.x << 16u), bitcast<f32>(w.x & 0xffff0000u), bitcast<f32>(w.y << 16u), bitcast<f32>(w.y & 0xffff0000u))`
-    : `vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y))`;
-  return `@group(0) @binding(${binding}) var<storage, read> ${name}: array<vec2<u32>>;
-fn lv_${name}(e: u32) -> vec4<f32> {
-  let w = ${name}[e >> 2u];
-  return ${unpack};
-}`;
-}
 
 function header(s: KernelSpec): string {
   return `@compute @workgroup_size(${s.workgroupX}, ${s.workgroupY})
