@@ -4,7 +4,7 @@
 // Built from separate mul/linear/add ops, each wrapped linear kept about four
 // [N, n]-sized intermediates alive until backward. This op saves only
 // xb = b ⊙ x [N, m], t = xb Vᵀ [N, r] and z = xb Wᵀ + t Uᵀ [N, n], and writes
-// z with two GEMMs into one buffer (the second accumulates with beta = 1).
+// z with one kernel that sums both products (gemmSum).
 //
 // Backward, with dz = dy ⊙ a:
 //   da = Σ_rows dy ⊙ z     dbias = Σ_rows dy
@@ -16,7 +16,7 @@
 import { leafGrad, record } from "../core/autograd.ts";
 import { sumRows } from "../core/ops/elementwise.ts";
 import { gridBlocks } from "../core/ops/rows.ts";
-import { gemm } from "../core/ops/matmul.ts";
+import { gemm, gemmSum } from "../core/ops/matmul.ts";
 import { type DType, empty, gpu, ShapeError, type Tensor } from "../core/tensor.ts";
 import { grid2d, storage, uniforms, vecStorage, WG_2D, window } from "../core/wgsl.ts";
 
@@ -40,8 +40,7 @@ export function bptLinear(
   const t = empty([rows, r]);
   gemm(t, xb2, v, { transB: true });
   const z = empty([rows, n]);
-  gemm(z, xb2, w, { transB: true });
-  gemm(z, t, u, { transB: true, beta: 1 });
+  gemmSum(z, xb2, w, t, u, { transB: true });
   const y = empty([...x.shape.slice(0, -1), n]);
   scaleColumns(y.reshape([rows, n]), z, a, bias);
 
@@ -104,8 +103,7 @@ function bptLinearBackward(s: Saved, dy: Tensor, rows: number): (Tensor | null)[
   let db: Tensor | null = null;
   if (needDxb) {
     const dxb = empty([rows, m]);
-    gemm(dxb, dz, w);
-    gemm(dxb, dt!, v, { beta: 1 });
+    gemmSum(dxb, dz, w, dt!, v);
     if (x.requiresGrad) dx = empty([...x.shape]);
     db = scaleColumnsBackward(dxb, x.reshape([rows, m]), b, dx?.reshape([rows, m]) ?? null);
     dxb.dispose();
@@ -165,10 +163,10 @@ function checkShapes(
   return { rows, n, m, r };
 }
 
-// Element-wise kernels below take 4 columns per invocation with vec4 loads
-// and stores when every row and window offset allows it: on llvmpipe each
-// storage access is a loop over the SIMD lanes, and vec4 access made a
-// 512×128 scaling 1.5× faster. WGSL snippets for either width:
+// The element-wise kernels below take 4 columns per invocation, with vec4
+// loads and stores, when every row and window offset allows it. On llvmpipe
+// each storage access is a loop over the SIMD lanes, and vec4 access made a
+// 512×128 scaling 1.5× faster. `lanes` gives the WGSL snippets for either width.
 function lanes(vec: boolean) {
   return {
     width: vec ? 4 : 1,

@@ -51,6 +51,11 @@ export interface GemmConfig {
   splitKWorkgroups?: number;
   /** Minimum K per split-K slice (default 256). */
   splitKMinK?: number;
+  /**
+   * Computes a C narrower than one workgroup's columns as Cᵀ = op(B)ᵀ · op(A)ᵀ,
+   * whose rows are wide, and stores it transposed.
+   */
+  transposeNarrow?: boolean;
 }
 
 let override: GemmConfig | null = null;
@@ -76,6 +81,10 @@ export function setGemmConfig(config: GemmConfig | null): void {
  * it, but slices of at least 1024 k (8 for K = 50,304) keep the B slice in
  * cache: 512×128×50304 f32 ran 10–20 % faster that way (core/gemm_bench.ts,
  * 2-core llvmpipe with LLVM 15).
+ *
+ * On llvmpipe a narrow C such as BPT's 512×32 t = (b ⊙ x) Vᵀ leaves most of
+ * a workgroup's 8 × 16 columns empty, so it is computed as the 32×512 Cᵀ and
+ * stored transposed: 1.3–1.6× faster for the rank-32 shapes of qwen2.5-tiny.
  */
 export function gemmConfig(): GemmConfig {
   if (override) return override;
@@ -92,6 +101,7 @@ export function gemmConfig(): GemmConfig {
       tileN: 16,
       splitKWorkgroups: 256,
       splitKMinK: 1024,
+      transposeNarrow: true,
     };
   }
   // NOTE: the GPU configuration is checked for correctness on llvmpipe only;
@@ -265,6 +275,124 @@ export function gemm(c: Tensor, a: Tensor, b: Tensor, opts: GemmOptions = {}): v
   }
 }
 
+/**
+ * Computes C = alpha · (op(A1) · op(B1) + op(A2) · op(B2)) + beta · C (+ bias)
+ * for 2-D operands with the same transposes and C [M, N]; the two inner
+ * dimensions may differ. When both products fit single bindings and need no
+ * split-K, one kernel sums both into the same accumulators: BPT's
+ * (b ⊙ x) Wᵀ + t Uᵀ and dz W + dt V, whose rank-r halves would otherwise each
+ * be a narrow GEMM that reads and rewrites all of C. Otherwise it runs two GEMMs.
+ */
+export function gemmSum(
+  c: Tensor,
+  a1: Tensor,
+  b1: Tensor,
+  a2: Tensor,
+  b2: Tensor,
+  opts: GemmOptions = {},
+): void {
+  const transA = opts.transA ?? false;
+  const transB = opts.transB ?? false;
+  for (const t of [a1, b1, a2, b2]) {
+    if (t.shape.length !== 2) {
+      throw new ShapeError(
+        `gemmSum: operands must be 2-D: ${describe(a1, b1, transA, transB)} + ${
+          describe(a2, b2, transA, transB)
+        }`,
+      );
+    }
+  }
+  const first = checkShapes("gemmSum", a1, b1, transA, transB);
+  const other = checkShapes("gemmSum", a2, b2, transA, transB);
+  if (first.m !== other.m || first.n !== other.n) {
+    throw new ShapeError(
+      `gemmSum: products differ in shape: ${
+        describe(a1, b1, transA, transB)
+      } is ${first.m}x${first.n}, ${describe(a2, b2, transA, transB)} is ${other.m}x${other.n}`,
+    );
+  }
+  const { m, n } = first;
+  if (opts.bias && opts.bias.numel !== n) {
+    throw new ShapeError(`gemmSum: bias ${opts.bias.shapeString} does not have ${n} elements`);
+  }
+  const fallback = () => {
+    gemm(c, a1, b1, opts);
+    gemm(c, a2, b2, { transA, transB, alpha: opts.alpha, beta: 1 });
+  };
+  if (c.dtype !== "f32" || c.shape.length !== 2 || c.shape[0] !== m || c.shape[1] !== n) {
+    return fallback(); // gemm reports the bad output
+  }
+
+  const p: Problem = {
+    batch: 1,
+    m,
+    n,
+    k: first.k,
+    transA,
+    transB,
+    lda: a1.shape[1],
+    ldb: b1.shape[1],
+    ldc: n,
+    strideA: 0,
+    strideB: 0,
+    strideC: 0,
+  };
+  const p2 = { ...p, k: other.k, lda: a2.shape[1], ldb: b2.shape[1] };
+  const s1 = spans(p, m, n, Math.max(first.k, 1));
+  const s2 = spans(p2, m, n, Math.max(other.k, 1));
+  const blk: Block = {
+    z: 1,
+    aStart: 0,
+    bStart: 0,
+    cStart: 0,
+    m0: 0,
+    n0: 0,
+    k0: 0,
+    mb: m,
+    nb: n,
+    kb: first.k,
+    beta: opts.beta ?? 0,
+    bias: opts.bias !== undefined,
+  };
+  const cfg = gemmConfig();
+  const fits = s1.a <= windowElements(a1.dtype) && s1.b <= windowElements(b1.dtype) &&
+    s2.a <= windowElements(a2.dtype) && s2.b <= windowElements(b2.dtype) &&
+    s1.c <= windowElements("f32");
+  if (
+    m === 0 || n === 0 || first.k === 0 || other.k === 0 || !fits ||
+    splitKSlices(cfg, { ...blk, kb: first.k + other.k }) > 1
+  ) {
+    return fallback();
+  }
+
+  const run: Run = {
+    a: a1,
+    b: b1,
+    c,
+    bias: opts.bias ?? null,
+    alpha: opts.alpha ?? 1,
+    label: `${describe(a1, b1, transA, transB)} + ${describe(a2, b2, transA, transB)}`,
+    second: {
+      a: a2,
+      b: b2,
+      k: other.k,
+      lda: p2.lda,
+      ldb: p2.ldb,
+      wa: window(a2, 0, s2.a),
+      wb: window(b2, 0, s2.b),
+    },
+  };
+  dispatchKernel(run, p, blk, cfg, window(a1, 0, s1.a), window(b1, 0, s1.b), {
+    window: window(c, 0, s1.c),
+    ldc: n,
+    strideC: 0,
+    alpha: run.alpha,
+    beta: blk.beta,
+    bias: opts.bias ? window(opts.bias, 0, n) : null,
+    kSplit: 0,
+  });
+}
+
 interface Run {
   a: Tensor;
   b: Tensor;
@@ -272,6 +400,20 @@ interface Run {
   bias: Tensor | null;
   alpha: number;
   label: string;
+  /** A second product summed into the same accumulators (`gemmSum`), bound whole. */
+  second?: SecondProduct;
+  /** The kernel computes Cᵀ: its A and B are the caller's B and A, swapped and transposed. */
+  transposed?: boolean;
+}
+
+interface SecondProduct {
+  a: Tensor;
+  b: Tensor;
+  k: number;
+  lda: number;
+  ldb: number;
+  wa: Window;
+  wb: Window;
 }
 
 // Elements of each operand that one block of mb × nb × kb touches, from its first to its last.
@@ -512,6 +654,25 @@ function dispatchKernel(
   const split = out.kSplit > 0;
   const strideA = split ? 0 : p.strideA;
   const strideB = split ? 0 : p.strideB;
+  if (
+    cfg.transposeNarrow && !run.transposed && !run.second && !split && blk.z === 1 &&
+    blk.nb < cfg.workgroupX * cfg.tileN && blk.mb > blk.nb
+  ) {
+    // Cᵀ = op(B)ᵀ · op(A)ᵀ: the operands trade places and each transpose flag flips.
+    const pt: Problem = {
+      ...p,
+      m: p.n,
+      n: p.m,
+      transA: !p.transB,
+      transB: !p.transA,
+      lda: p.ldb,
+      ldb: p.lda,
+      strideA: p.strideB,
+      strideB: p.strideA,
+    };
+    const blkT: Block = { ...blk, m0: blk.n0, n0: blk.m0, mb: blk.nb, nb: blk.mb };
+    return dispatchKernel({ ...run, a: b, b: a, transposed: true }, pt, blkT, cfg, wb, wa, out);
+  }
 
   // vec4 loads need every vector dimension, leading dimension, stride and
   // offset to be a multiple of 4 elements.
@@ -529,6 +690,10 @@ function dispatchKernel(
     out.window.offset,
   ];
   if (p.transA) multiples.push(blk.mb);
+  const second = run.second;
+  if (second) {
+    multiples.push(second.k, second.lda, second.ldb, second.wa.offset, second.wb.offset);
+  }
   const vec = multiples.every((x) => x % 4 === 0);
 
   const tileM = Math.min(cfg.tileM, Math.max(vec && p.transA ? 4 : 1, nextPow2(blk.mb)));
@@ -549,15 +714,18 @@ function dispatchKernel(
     beta: out.beta !== 0,
     bias: out.bias ? run.bias!.dtype : null,
     splitK: split,
+    second: second ? { dtypeA: second.a.dtype, dtypeB: second.b.dtype } : null,
+    storeT: run.transposed ?? false,
   };
   const buffers: GPUBufferBinding[] = [wa.binding, wb.binding, out.window.binding];
   if (out.bias) buffers.push(out.bias.binding);
+  if (second) buffers.push(second.wa.binding, second.wb.binding);
   gpu().dispatch({
     label: `gemm(${
       blk.z > 1 && !split ? `${blk.z}x ` : ""
     }${run.label}, block ${blk.mb}x${blk.kb} @ ${blk.kb}x${blk.nb}${
       split ? `, split-K ${blk.z}x${out.kSplit}` : ""
-    })`,
+    }${run.transposed ? ", as Cᵀ" : ""})`,
     code: kernel(spec),
     buffers,
     uniforms: uniforms(
@@ -577,6 +745,11 @@ function dispatchKernel(
       { f: out.alpha },
       { f: out.beta },
       out.kSplit,
+      second?.k ?? 0,
+      second?.lda ?? 0,
+      second?.ldb ?? 0,
+      second?.wa.offset ?? 0,
+      second?.wb.offset ?? 0,
     ),
     workgroups: [
       Math.ceil(blk.nb / (tileN * cfg.workgroupX)),
@@ -661,6 +834,10 @@ interface KernelSpec extends GemmConfig {
   bias: DType | null;
   /** Workgroup z is a split-K slice instead of a batch index. */
   splitK: boolean;
+  /** dtypes of a second product added into the same accumulators (`gemmSum`). */
+  second: { dtypeA: DType; dtypeB: DType } | null;
+  /** The kernel's (row, col) is C's (col, row): scalar stores with C's ldc, bias by row. */
+  storeT: boolean;
 }
 
 const kernels = new Map<string, string>();
@@ -677,7 +854,8 @@ function kernel(spec: KernelSpec): string {
 
 // Uniform struct shared by both kernels; offsets, strides and leading
 // dimensions are in elements. kSplit is the K per split-K slice, 0 unless the
-// kernel is a split-K one.
+// kernel is a split-K one. The fields ending in 2 describe the second product
+// of a `gemmSum` kernel.
 const PARAMS = `
 struct P {
   m: u32, n: u32, k: u32,
@@ -686,6 +864,7 @@ struct P {
   strideA: u32, strideB: u32, strideC: u32,
   offBias: u32, alpha: f32, beta: f32,
   kSplit: u32,
+  k2: u32, lda2: u32, ldb2: u32, offA2: u32, offB2: u32,
 }
 @group(0) @binding(0) var<uniform> p: P;`;
 
@@ -717,58 +896,22 @@ function vecKernel(s: KernelSpec): string {
   const tm = s.tileM;
   const nv = s.tileN / 4;
   const out: string[] = [PARAMS, vecStorage(1, "A", s.dtypeA), vecStorage(2, "B", s.dtypeB)];
-  out.push(`@group(0) @binding(3) var<storage, read_write> C: array<vec4<f32>>;`);
+  out.push(
+    `@group(0) @binding(3) var<storage, read_write> C: array<${s.storeT ? "f32" : "vec4<f32>"}>;`,
+  );
   if (s.bias) out.push(storage(4, "Bias", s.bias));
+  const second = s.second ? secondBindings(s) : null;
+  if (second) {
+    out.push(
+      vecStorage(second.a, "A2", s.second!.dtypeA),
+      vecStorage(second.b, "B2", s.second!.dtypeB),
+    );
+  }
   out.push(header(s));
-
-  // Rows and columns past the edge are not clamped: WebGPU bounds every
-  // storage access, and their accumulators are never stored.
-  out.push(`  let ra = a0 + ${s.transA ? "row0" : "row0 * p.lda"};`);
-  out.push(`  let rb = b0 + ${s.transB ? "col0 * p.ldb" : "col0"};`);
   out.push(accumulators(s));
-  out.push(`  for (var k = kBegin; k < kEnd; k += 4u) {`);
-
-  // B first, then A one row (or one vec4 of rows) at a time, each consumed by
-  // its FMAs right away. Every load is a per-lane loop on llvmpipe that LLVM
-  // cannot schedule across, so this order keeps fewer values live.
-  // bv<u>_<jv> is the vec4 of op(B) at (k + u, 4jv).
-  if (!s.transB) {
-    out.push(lines(4 * nv, (t) => {
-      const u = Math.floor(t / nv);
-      const j = t % nv;
-      return `    let bv${u}_${j} = lv_B(rb + (k + ${u}u) * p.ldb + ${4 * j}u);`;
-    }));
-  } else {
-    out.push(lines(s.tileN, (j) => `    let b${j} = lv_B(rb + k + ${j}u * p.ldb);`));
-    out.push(lines(4 * nv, (t) => {
-      const u = Math.floor(t / nv);
-      const jv = t % nv;
-      const parts = [0, 1, 2, 3].map((c) => `b${4 * jv + c}[${u}]`).join(", ");
-      return `    let bv${u}_${jv} = vec4<f32>(${parts});`;
-    }));
-  }
-  const fmas = (i: number, a: (u: number) => string) =>
-    lines(4 * nv, (t) => {
-      const u = Math.floor(t / nv);
-      const jv = t % nv;
-      return `    acc${i}_${jv} = fma(vec4<f32>(${a(u)}), bv${u}_${jv}, acc${i}_${jv});`;
-    });
-  if (!s.transA) {
-    // a<i> contains op(A)(i, k..k+3).
-    for (let i = 0; i < tm; i++) {
-      out.push(`    let a${i} = lv_A(ra + k + ${i}u * p.lda);`);
-      out.push(fmas(i, (u) => `a${i}[${u}]`));
-    }
-  } else {
-    // a<u>_<iv> contains op(A)(4iv..4iv+3, k + u).
-    for (let iv = 0; iv < tm / 4; iv++) {
-      out.push(
-        lines(4, (u) => `    let a${u}_${iv} = lv_A(ra + (k + ${u}u) * p.lda + ${4 * iv}u);`),
-      );
-      for (let r = 0; r < 4; r++) out.push(fmas(4 * iv + r, (u) => `a${u}_${iv}[${r}]`));
-    }
-  }
-  out.push(`  }`);
+  out.push(...vecLoop(s, FIRST));
+  if (s.second) out.push(...vecLoop(s, SECOND));
+  if (s.storeT) return [...out, ...transposedStores(s), `}`].join("\n");
 
   for (let jv = 0; jv < nv; jv++) {
     const col = `col0 + ${4 * jv}u`;
@@ -787,54 +930,142 @@ function vecKernel(s: KernelSpec): string {
   return out.join("\n");
 }
 
+// Stores of a kernel computing Cᵀ: its element (row, col) is C's (col, row),
+// and the bias belongs to C's columns, the kernel's rows.
+function transposedStores(s: KernelSpec): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < s.tileM; i++) {
+    const row = `row0 + ${i}u`;
+    const bias = s.bias ? ` + ld_Bias(p.offBias + ${row})` : "";
+    out.push(`  if (${row} < p.m) {`);
+    for (let j = 0; j < s.tileN; j++) {
+      const col = `col0 + ${j}u`;
+      const idx = `c0 + (${col}) * p.ldc + ${row}`;
+      const old = s.beta ? ` + p.beta * C[${idx}]` : "";
+      out.push(
+        `    if (${col} < p.n) { C[${idx}] = p.alpha * acc${i}_${j >> 2}[${j & 3}]${bias}${old}; }`,
+      );
+    }
+    out.push(`  }`);
+  }
+  return out;
+}
+
+// Names of one product's operands inside a kernel: the first product, or the
+// second one of a `gemmSum` kernel, which starts at k = 0 of its own K.
+interface Operands {
+  a: string;
+  b: string;
+  lda: string;
+  ldb: string;
+  a0: string;
+  b0: string;
+  kBegin: string;
+  kEnd: string;
+}
+const FIRST: Operands = {
+  a: "A",
+  b: "B",
+  lda: "p.lda",
+  ldb: "p.ldb",
+  a0: "a0",
+  b0: "b0",
+  kBegin: "kBegin",
+  kEnd: "kEnd",
+};
+const SECOND: Operands = {
+  a: "A2",
+  b: "B2",
+  lda: "p.lda2",
+  ldb: "p.ldb2",
+  a0: "p.offA2",
+  b0: "p.offB2",
+  kBegin: "0u",
+  kEnd: "p.k2",
+};
+
+// Binding numbers of the second product's A and B, after C and the bias.
+function secondBindings(s: KernelSpec): { a: number; b: number } {
+  const a = s.bias ? 5 : 4;
+  return { a, b: a + 1 };
+}
+
+// The k loop of the vec4 kernel for one product, in its own block. Per step of
+// four k it loads tileM + tileN vec4s and does tileM · tileN vec4 FMAs.
+function vecLoop(s: KernelSpec, o: Operands): string[] {
+  const tm = s.tileM;
+  const nv = s.tileN / 4;
+  const out: string[] = [`  {`];
+  // Rows and columns past the edge are not clamped: WebGPU bounds every
+  // storage access, and their accumulators are never stored.
+  out.push(`  let ra = ${o.a0} + ${s.transA ? "row0" : `row0 * ${o.lda}`};`);
+  out.push(`  let rb = ${o.b0} + ${s.transB ? `col0 * ${o.ldb}` : "col0"};`);
+  out.push(`  for (var k = ${o.kBegin}; k < ${o.kEnd}; k += 4u) {`);
+
+  // B first, then A one row (or one vec4 of rows) at a time, each consumed by
+  // its FMAs right away. Every load is a per-lane loop on llvmpipe that LLVM
+  // cannot schedule across, so this order keeps fewer values live.
+  // bv<u>_<jv> is the vec4 of op(B) at (k + u, 4jv).
+  if (!s.transB) {
+    out.push(lines(4 * nv, (t) => {
+      const u = Math.floor(t / nv);
+      const j = t % nv;
+      return `    let bv${u}_${j} = lv_${o.b}(rb + (k + ${u}u) * ${o.ldb} + ${4 * j}u);`;
+    }));
+  } else {
+    out.push(lines(s.tileN, (j) => `    let b${j} = lv_${o.b}(rb + k + ${j}u * ${o.ldb});`));
+    out.push(lines(4 * nv, (t) => {
+      const u = Math.floor(t / nv);
+      const jv = t % nv;
+      const parts = [0, 1, 2, 3].map((c) => `b${4 * jv + c}[${u}]`).join(", ");
+      return `    let bv${u}_${jv} = vec4<f32>(${parts});`;
+    }));
+  }
+  const fmas = (i: number, a: (u: number) => string) =>
+    lines(4 * nv, (t) => {
+      const u = Math.floor(t / nv);
+      const jv = t % nv;
+      return `    acc${i}_${jv} = fma(vec4<f32>(${a(u)}), bv${u}_${jv}, acc${i}_${jv});`;
+    });
+  if (!s.transA) {
+    // a<i> contains op(A)(i, k..k+3).
+    for (let i = 0; i < tm; i++) {
+      out.push(`    let a${i} = lv_${o.a}(ra + k + ${i}u * ${o.lda});`);
+      out.push(fmas(i, (u) => `a${i}[${u}]`));
+    }
+  } else {
+    // a<u>_<iv> contains op(A)(4iv..4iv+3, k + u).
+    for (let iv = 0; iv < tm / 4; iv++) {
+      out.push(
+        lines(
+          4,
+          (u) => `    let a${u}_${iv} = lv_${o.a}(ra + (k + ${u}u) * ${o.lda} + ${4 * iv}u);`,
+        ),
+      );
+      for (let r = 0; r < 4; r++) out.push(fmas(4 * iv + r, (u) => `a${u}_${iv}[${r}]`));
+    }
+  }
+  out.push(`  }`, `  }`);
+  return out;
+}
+
 // Kernel for any shape and offset: scalar loads, one k per step, and a bounds
 // check per stored element.
 function scalarKernel(s: KernelSpec): string {
   const tm = s.tileM;
   const tn = s.tileN;
-  const nv = tn / 4;
   const out: string[] = [PARAMS, storage(1, "A", s.dtypeA), storage(2, "B", s.dtypeB)];
   out.push(`@group(0) @binding(3) var<storage, read_write> C: array<f32>;`);
   if (s.bias) out.push(storage(4, "Bias", s.bias));
-  out.push(header(s));
-
-  if (!s.transA) {
-    out.push(lines(tm, (i) => `  let ra${i} = a0 + min(row0 + ${i}u, p.m - 1u) * p.lda;`));
-  } else out.push(lines(tm, (i) => `  let ca${i} = a0 + min(row0 + ${i}u, p.m - 1u);`));
-  if (s.transB) {
-    out.push(lines(tn, (j) => `  let rb${j} = b0 + min(col0 + ${j}u, p.n - 1u) * p.ldb;`));
-  } else out.push(lines(tn, (j) => `  let cb${j} = b0 + min(col0 + ${j}u, p.n - 1u);`));
-  out.push(accumulators(s));
-  out.push(`  for (var k = kBegin; k < kEnd; k++) {`);
-  out.push(
-    lines(
-      tm,
-      (i) =>
-        s.transA
-          ? `    let a${i} = ld_A(ca${i} + k * p.lda);`
-          : `    let a${i} = ld_A(ra${i} + k);`,
-    ),
-  );
-  out.push(
-    lines(
-      tn,
-      (j) =>
-        s.transB
-          ? `    let b${j} = ld_B(rb${j} + k);`
-          : `    let b${j} = ld_B(cb${j} + k * p.ldb);`,
-    ),
-  );
-  for (let jv = 0; jv < nv; jv++) {
-    out.push(
-      `    let bv${jv} = vec4<f32>(b${4 * jv}, b${4 * jv + 1}, b${4 * jv + 2}, b${4 * jv + 3});`,
-    );
+  const second = s.second ? secondBindings(s) : null;
+  if (second) {
+    out.push(storage(second.a, "A2", s.second!.dtypeA), storage(second.b, "B2", s.second!.dtypeB));
   }
-  out.push(lines(tm * nv, (t) => {
-    const i = Math.floor(t / nv);
-    const jv = t % nv;
-    return `    acc${i}_${jv} = fma(vec4<f32>(a${i}), bv${jv}, acc${i}_${jv});`;
-  }));
-  out.push(`  }`);
+  out.push(header(s));
+  out.push(accumulators(s));
+  out.push(...scalarLoop(s, FIRST));
+  if (s.second) out.push(...scalarLoop(s, SECOND));
+  if (s.storeT) return [...out, ...transposedStores(s), `}`].join("\n");
 
   for (let i = 0; i < tm; i++) {
     out.push(`  if (row0 + ${i}u < p.m) {`);
@@ -851,6 +1082,51 @@ function scalarKernel(s: KernelSpec): string {
   }
   out.push(`}`);
   return out.join("\n");
+}
+
+// The k loop of the scalar kernel for one product, in its own block.
+function scalarLoop(s: KernelSpec, o: Operands): string[] {
+  const tm = s.tileM;
+  const tn = s.tileN;
+  const nv = tn / 4;
+  const out: string[] = [`  {`];
+  if (!s.transA) {
+    out.push(lines(tm, (i) => `  let ra${i} = ${o.a0} + min(row0 + ${i}u, p.m - 1u) * ${o.lda};`));
+  } else out.push(lines(tm, (i) => `  let ca${i} = ${o.a0} + min(row0 + ${i}u, p.m - 1u);`));
+  if (s.transB) {
+    out.push(lines(tn, (j) => `  let rb${j} = ${o.b0} + min(col0 + ${j}u, p.n - 1u) * ${o.ldb};`));
+  } else out.push(lines(tn, (j) => `  let cb${j} = ${o.b0} + min(col0 + ${j}u, p.n - 1u);`));
+  out.push(`  for (var k = ${o.kBegin}; k < ${o.kEnd}; k++) {`);
+  out.push(
+    lines(
+      tm,
+      (i) =>
+        s.transA
+          ? `    let a${i} = ld_${o.a}(ca${i} + k * ${o.lda});`
+          : `    let a${i} = ld_${o.a}(ra${i} + k);`,
+    ),
+  );
+  out.push(
+    lines(
+      tn,
+      (j) =>
+        s.transB
+          ? `    let b${j} = ld_${o.b}(rb${j} + k);`
+          : `    let b${j} = ld_${o.b}(cb${j} + k * ${o.ldb});`,
+    ),
+  );
+  for (let jv = 0; jv < nv; jv++) {
+    out.push(
+      `    let bv${jv} = vec4<f32>(b${4 * jv}, b${4 * jv + 1}, b${4 * jv + 2}, b${4 * jv + 3});`,
+    );
+  }
+  out.push(lines(tm * nv, (t) => {
+    const i = Math.floor(t / nv);
+    const jv = t % nv;
+    return `    acc${i}_${jv} = fma(vec4<f32>(a${i}), bv${jv}, acc${i}_${jv});`;
+  }));
+  out.push(`  }`, `  }`);
+  return out;
 }
 
 /** Options of `matmul`. */

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { gemm, type GemmConfig, linear, matmul, setGemmConfig } from "./matmul.ts";
+import { gemm, type GemmConfig, gemmSum, linear, matmul, setGemmConfig } from "./matmul.ts";
 import { backward } from "../autograd.ts";
 import { add } from "./elementwise.ts";
 import {
@@ -207,6 +207,142 @@ Deno.test("gemm scales and accumulates into C", async () => {
     const err = maxError(await c.toArray(), want);
     assert.ok(err < 1e-5, `${m}x${n}x${k}: ${err}`);
   }
+});
+
+// C = alpha (op(A1) op(B1) + op(A2) op(B2)) + beta C0 + bias through gemmSum,
+// against the CPU; returns the error and the number of gemm dispatches.
+async function gemmSumCase(
+  m: number,
+  n: number,
+  k1: number,
+  k2: number,
+  transA: boolean,
+  transB: boolean,
+  dtypeB: DType,
+) {
+  const a1 = seededArray(m * k1, 40);
+  const b1 = rounded(seededArray(k1 * n, 41), dtypeB);
+  const a2 = seededArray(m * k2, 42);
+  const b2 = rounded(seededArray(k2 * n, 43), dtypeB);
+  const c0 = seededArray(m * n, 44);
+  const bias = seededArray(n, 45);
+  const c = fromArray(c0, [m, n]);
+  const shapeA = (k: number) => (transA ? [k, m] : [m, k]);
+  const shapeB = (k: number) => (transB ? [n, k] : [k, n]);
+  const g = gpu();
+  const before = g.dispatchCount;
+  gemmSum(
+    c,
+    fromArray(a1, shapeA(k1)),
+    fromArray(b1, shapeB(k1), { dtype: dtypeB }),
+    fromArray(a2, shapeA(k2)),
+    fromArray(b2, shapeB(k2), { dtype: dtypeB }),
+    { transA, transB, alpha: 0.5, beta: 2, bias: fromArray(bias, [n]) },
+  );
+  const dispatches = g.dispatchCount - before;
+  const p1 = reference(a1, b1, m, n, k1, transA, transB);
+  const p2 = reference(a2, b2, m, n, k2, transA, transB);
+  const want = p1.map((v, i) => 0.5 * (v + p2[i]) + 2 * c0[i] + bias[i % n]);
+  return { err: maxError(await c.toArray(), want), dispatches };
+}
+
+Deno.test("gemmSum adds two products with different K in one dispatch", async () => {
+  for (const config of [null, GPU_CONFIG]) {
+    await withConfig(config, async () => {
+      // Multiples of 4 take the vec4 kernel, the others the scalar one.
+      for (const [m, n, k1, k2] of [[36, 20, 12, 8], [7, 13, 5, 3], [64, 32, 128, 32]]) {
+        for (const transA of [false, true]) {
+          for (const transB of [false, true]) {
+            for (const dtype of ["f32", "bf16"] as const) {
+              const name = `${config ? "gpu" : "auto"} ${m}x${n} K ${k1}+${k2} ` +
+                `transA=${transA} transB=${transB} ${dtype}`;
+              const r = await gemmSumCase(m, n, k1, k2, transA, transB, dtype);
+              assert.ok(r.err < 1e-5, `${name}: error ${r.err}`);
+              assert.equal(r.dispatches, 1, `${name}: ${r.dispatches} dispatches`);
+            }
+          }
+        }
+      }
+    });
+  }
+});
+
+Deno.test("gemmSum falls back to two GEMMs when operands need blocks", async () => {
+  const g = gpu();
+  const saved = g.bindingLimit;
+  try {
+    // 1024-byte bindings cannot hold a 36 × 12 operand, so the products are split.
+    g.bindingLimit = 1024;
+    const r = await gemmSumCase(36, 20, 12, 8, false, true, "f32");
+    assert.ok(r.err < 1e-5, `error ${r.err}`);
+    assert.ok(r.dispatches > 2, `${r.dispatches} dispatches`);
+  } finally {
+    g.bindingLimit = saved;
+  }
+  assert.throws(
+    () =>
+      gemmSum(
+        empty([4, 4]),
+        fromArray(new Float32Array(8), [4, 2]),
+        fromArray(new Float32Array(8), [2, 4]),
+        fromArray(new Float32Array(12), [4, 3]),
+        fromArray(new Float32Array(15), [3, 5]),
+      ),
+    /gemmSum: products differ in shape/,
+  );
+});
+
+Deno.test("narrow C computed as Cᵀ matches CPU with bias, alpha and beta", async () => {
+  const config: GemmConfig = {
+    workgroupX: 8,
+    workgroupY: 1,
+    tileM: 16,
+    tileN: 16,
+    transposeNarrow: true,
+  };
+  await withConfig(config, async () => {
+    // Multiples of 4 (vec4 kernel) and not (scalar kernel); N below the 8 × 16 columns.
+    for (const [m, n, k] of [[132, 20, 36], [65, 33, 17]] as const) {
+      for (const transA of [false, true]) {
+        for (const transB of [false, true]) {
+          const a = seededArray(m * k, 46);
+          const b = seededArray(k * n, 47);
+          const c0 = seededArray(m * n, 48);
+          const bias = seededArray(n, 49);
+          const c = fromArray(c0, [m, n]);
+          const labels: string[] = [];
+          const g = gpu();
+          const original = g.dispatch;
+          g.dispatch = (d) => {
+            labels.push(d.label);
+            original.call(g, d);
+          };
+          try {
+            gemm(
+              c,
+              fromArray(a, transA ? [k, m] : [m, k]),
+              fromArray(b, transB ? [n, k] : [k, n]),
+              {
+                transA,
+                transB,
+                alpha: 0.5,
+                beta: 2,
+                bias: fromArray(bias, [n]),
+              },
+            );
+          } finally {
+            g.dispatch = original;
+          }
+          const name = `${m}x${n}x${k} transA=${transA} transB=${transB}`;
+          assert.ok(labels.every((l) => l.includes("as Cᵀ")), `${name}: ${labels.join("; ")}`);
+          const ab = reference(a, b, m, n, k, transA, transB);
+          const want = ab.map((v, i) => 0.5 * v + bias[i % n] + 2 * c0[i]);
+          const err = maxError(await c.toArray(), want);
+          assert.ok(err < 1e-5, `${name}: error ${err}`);
+        }
+      }
+    }
+  });
 });
 
 Deno.test("gemm with beta 0 ignores NaN in C", async () => {
