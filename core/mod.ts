@@ -51,6 +51,7 @@ export {
   type BackwardFn,
   clearTape,
   gradEnabled,
+  leafGrad,
   noGrad,
   record,
   tapeLength,
@@ -70,7 +71,18 @@ export {
 } from "./wgsl.ts";
 export { cast } from "./ops/cast.ts";
 export { add, addInto, fillInPlace, mul, scale, sumRows } from "./ops/elementwise.ts";
-export { gemm, type GemmConfig, gemmConfig, linear, matmul, setGemmConfig } from "./ops/matmul.ts";
+export {
+  gemm,
+  type GemmConfig,
+  gemmConfig,
+  type GemmOptions,
+  gemmSum,
+  type GemmSumOptions,
+  linear,
+  matmul,
+  setGemmConfig,
+} from "./ops/matmul.ts";
+export { scaleColumns, scaleColumnsBackward } from "./ops/scale_columns.ts";
 export { silu, swiglu } from "./ops/activation.ts";
 export { mean, sum } from "./ops/reduce.ts";
 export { softmax } from "./ops/softmax.ts";

@@ -33,6 +33,7 @@ import {
   windowElements,
 } from "../wgsl.ts";
 import { sumRows } from "./elementwise.ts";
+import { scaleColumns } from "./scale_columns.ts";
 
 /** Workgroup shape and register tile of the GEMM kernel. */
 export interface GemmConfig {
@@ -275,6 +276,12 @@ export function gemm(c: Tensor, a: Tensor, b: Tensor, opts: GemmOptions = {}): v
   }
 }
 
+/** Options of `gemmSum`. */
+export interface GemmSumOptions extends GemmOptions {
+  /** Also write out = C ⊙ scale + bias, with out f32 [M, N], scale and bias [N]. */
+  scaledCopy?: { out: Tensor; scale: Tensor; bias?: Tensor };
+}
+
 /**
  * Computes C = alpha · (op(A1) · op(B1) + op(A2) · op(B2)) + beta · C (+ bias)
  * for 2-D operands with the same transposes and C [M, N]; the two inner
@@ -282,6 +289,8 @@ export function gemm(c: Tensor, a: Tensor, b: Tensor, opts: GemmOptions = {}): v
  * split-K, one kernel sums both into the same accumulators: BPT's
  * (b ⊙ x) Wᵀ + t Uᵀ and dz W + dt V, whose rank-r halves would otherwise each
  * be a narrow GEMM that reads and rewrites all of C. Otherwise it runs two GEMMs.
+ * With `scaledCopy` it also writes Y = C ⊙ scale + bias, in the same kernel
+ * when fused (BPT's y = a ⊙ z + bias next to z, which its backward needs).
  */
 export function gemmSum(
   c: Tensor,
@@ -289,7 +298,7 @@ export function gemmSum(
   b1: Tensor,
   a2: Tensor,
   b2: Tensor,
-  opts: GemmOptions = {},
+  opts: GemmSumOptions = {},
 ): void {
   const transA = opts.transA ?? false;
   const transB = opts.transB ?? false;
@@ -315,9 +324,23 @@ export function gemmSum(
   if (opts.bias && opts.bias.numel !== n) {
     throw new ShapeError(`gemmSum: bias ${opts.bias.shapeString} does not have ${n} elements`);
   }
+  const copy = opts.scaledCopy;
+  if (
+    copy &&
+    (copy.out.dtype !== "f32" || copy.out.numel !== m * n || copy.scale.numel !== n ||
+      (copy.bias && copy.bias.numel !== n))
+  ) {
+    throw new ShapeError(
+      `gemmSum: scaled copy needs an f32 output of ${m}x${n} and a scale and bias of ${n}, got ${copy.out.dtype} ${copy.out.shapeString}, scale ${copy.scale.shapeString}${
+        copy.bias ? `, bias ${copy.bias.shapeString}` : ""
+      }`,
+    );
+  }
   const fallback = () => {
-    gemm(c, a1, b1, opts);
+    const { scaledCopy: _, ...plain } = opts;
+    gemm(c, a1, b1, plain);
     gemm(c, a2, b2, { transA, transB, alpha: opts.alpha, beta: 1 });
+    if (copy) scaleColumns(copy.out.reshape([m, n]), c, copy.scale, copy.bias);
   };
   if (c.dtype !== "f32" || c.shape.length !== 2 || c.shape[0] !== m || c.shape[1] !== n) {
     return fallback(); // gemm reports the bad output
@@ -381,6 +404,15 @@ export function gemmSum(
       wa: window(a2, 0, s2.a),
       wb: window(b2, 0, s2.b),
     },
+    scaledCopy: copy
+      ? {
+        scale: copy.scale,
+        bias: copy.bias ?? null,
+        ws: window(copy.scale, 0, n),
+        wy: window(copy.out, 0, s1.c),
+        wbias: copy.bias ? window(copy.bias, 0, n) : null,
+      }
+      : undefined,
   };
   dispatchKernel(run, p, blk, cfg, window(a1, 0, s1.a), window(b1, 0, s1.b), {
     window: window(c, 0, s1.c),
@@ -404,6 +436,8 @@ interface Run {
   second?: SecondProduct;
   /** The kernel computes Cᵀ: its A and B are the caller's B and A, swapped and transposed. */
   transposed?: boolean;
+  /** Y = C ⊙ scale + bias, written from the same values as C (`gemmSum`), bound whole. */
+  scaledCopy?: { scale: Tensor; bias: Tensor | null; ws: Window; wy: Window; wbias: Window | null };
 }
 
 interface SecondProduct {
@@ -655,7 +689,8 @@ function dispatchKernel(
   const strideA = split ? 0 : p.strideA;
   const strideB = split ? 0 : p.strideB;
   if (
-    cfg.transposeNarrow && !run.transposed && !run.second && !split && blk.z === 1 &&
+    cfg.transposeNarrow && !run.transposed && !run.second && !run.scaledCopy && !split &&
+    blk.z === 1 &&
     blk.nb < cfg.workgroupX * cfg.tileN && blk.mb > blk.nb
   ) {
     // Cᵀ = op(B)ᵀ · op(A)ᵀ: the operands trade places and each transpose flag flips.
@@ -694,6 +729,8 @@ function dispatchKernel(
   if (second) {
     multiples.push(second.k, second.lda, second.ldb, second.wa.offset, second.wb.offset);
   }
+  const copy = run.scaledCopy;
+  if (copy) multiples.push(copy.ws.offset, copy.wy.offset, copy.wbias?.offset ?? 0);
   const vec = multiples.every((x) => x % 4 === 0);
 
   const tileM = Math.min(cfg.tileM, Math.max(vec && p.transA ? 4 : 1, nextPow2(blk.mb)));
@@ -716,10 +753,13 @@ function dispatchKernel(
     splitK: split,
     second: second ? { dtypeA: second.a.dtype, dtypeB: second.b.dtype } : null,
     storeT: run.transposed ?? false,
+    scaledCopy: copy ? { scale: copy.scale.dtype, bias: copy.bias?.dtype ?? null } : null,
   };
   const buffers: GPUBufferBinding[] = [wa.binding, wb.binding, out.window.binding];
   if (out.bias) buffers.push(out.bias.binding);
   if (second) buffers.push(second.wa.binding, second.wb.binding);
+  if (copy) buffers.push(copy.ws.binding, copy.wy.binding);
+  if (copy?.wbias) buffers.push(copy.wbias.binding);
   gpu().dispatch({
     label: `gemm(${
       blk.z > 1 && !split ? `${blk.z}x ` : ""
@@ -750,6 +790,9 @@ function dispatchKernel(
       second?.ldb ?? 0,
       second?.wa.offset ?? 0,
       second?.wb.offset ?? 0,
+      copy?.ws.offset ?? 0,
+      copy?.wy.offset ?? 0,
+      copy?.wbias?.offset ?? 0,
     ),
     workgroups: [
       Math.ceil(blk.nb / (tileN * cfg.workgroupX)),
@@ -838,6 +881,8 @@ interface KernelSpec extends GemmConfig {
   second: { dtypeA: DType; dtypeB: DType } | null;
   /** The kernel's (row, col) is C's (col, row): scalar stores with C's ldc, bias by row. */
   storeT: boolean;
+  /** dtypes of the scale and bias of a `gemmSum` scaled copy Y = C ⊙ scale + bias. */
+  scaledCopy: { scale: DType; bias: DType | null } | null;
 }
 
 const kernels = new Map<string, string>();
@@ -855,7 +900,7 @@ function kernel(spec: KernelSpec): string {
 // Uniform struct shared by both kernels; offsets, strides and leading
 // dimensions are in elements. kSplit is the K per split-K slice, 0 unless the
 // kernel is a split-K one. The fields ending in 2 describe the second product
-// of a `gemmSum` kernel.
+// of a `gemmSum` kernel, and offS, offY and offBias2 its scaled copy.
 const PARAMS = `
 struct P {
   m: u32, n: u32, k: u32,
@@ -865,6 +910,7 @@ struct P {
   offBias: u32, alpha: f32, beta: f32,
   kSplit: u32,
   k2: u32, lda2: u32, ldb2: u32, offA2: u32, offB2: u32,
+  offS: u32, offY: u32, offBias2: u32,
 }
 @group(0) @binding(0) var<uniform> p: P;`;
 
@@ -900,12 +946,17 @@ function vecKernel(s: KernelSpec): string {
     `@group(0) @binding(3) var<storage, read_write> C: array<${s.storeT ? "f32" : "vec4<f32>"}>;`,
   );
   if (s.bias) out.push(storage(4, "Bias", s.bias));
-  const second = s.second ? secondBindings(s) : null;
-  if (second) {
+  const extra = extraBindings(s);
+  if (s.second) {
     out.push(
-      vecStorage(second.a, "A2", s.second!.dtypeA),
-      vecStorage(second.b, "B2", s.second!.dtypeB),
+      vecStorage(extra.a, "A2", s.second.dtypeA),
+      vecStorage(extra.b, "B2", s.second.dtypeB),
     );
+  }
+  if (s.scaledCopy) {
+    out.push(vecStorage(extra.scale, "S", s.scaledCopy.scale));
+    out.push(`@group(0) @binding(${extra.y}) var<storage, read_write> Y: array<vec4<f32>>;`);
+    if (s.scaledCopy.bias) out.push(vecStorage(extra.bias2, "Bias2", s.scaledCopy.bias));
   }
   out.push(header(s));
   out.push(accumulators(s));
@@ -919,10 +970,25 @@ function vecKernel(s: KernelSpec): string {
       ? ` + vec4<f32>(${[0, 1, 2, 3].map((c) => `ld_Bias(p.offBias + ${col} + ${c}u)`).join(", ")})`
       : "";
     out.push(`  if (${col} < p.n) {`);
+    if (s.scaledCopy) {
+      const bias2 = s.scaledCopy.bias ? ` + lv_Bias2(p.offBias2 + ${col})` : "";
+      out.push(`    let ys${jv} = lv_S(p.offS + ${col});`);
+      out.push(`    let yb${jv} = vec4<f32>(0.0)${bias2};`);
+    }
     for (let i = 0; i < tm; i++) {
       const idx = `(c0 + (row0 + ${i}u) * p.ldc + ${col}) >> 2u`;
       const old = s.beta ? ` + p.beta * C[${idx}]` : "";
-      out.push(`    if (row0 + ${i}u < p.m) { C[${idx}] = p.alpha * acc${i}_${jv}${bias}${old}; }`);
+      const value = `p.alpha * acc${i}_${jv}${bias}${old}`;
+      if (!s.scaledCopy) {
+        out.push(`    if (row0 + ${i}u < p.m) { C[${idx}] = ${value}; }`);
+        continue;
+      }
+      const yIdx = `(p.offY + (row0 + ${i}u) * p.ldc + ${col}) >> 2u`;
+      out.push(`    if (row0 + ${i}u < p.m) {`);
+      out.push(`      let v = ${value};`);
+      out.push(`      C[${idx}] = v;`);
+      out.push(`      Y[${yIdx}] = v * ys${jv} + yb${jv};`);
+      out.push(`    }`);
     }
     out.push(`  }`);
   }
@@ -984,10 +1050,17 @@ const SECOND: Operands = {
   kEnd: "p.k2",
 };
 
-// Binding numbers of the second product's A and B, after C and the bias.
-function secondBindings(s: KernelSpec): { a: number; b: number } {
-  const a = s.bias ? 5 : 4;
-  return { a, b: a + 1 };
+// Binding numbers after C and the bias: the second product's A and B, then
+// the scaled copy's scale, output and bias.
+function extraBindings(s: KernelSpec) {
+  let next = s.bias ? 5 : 4;
+  const take = () => next++;
+  const a = s.second ? take() : 0;
+  const b = s.second ? take() : 0;
+  const scale = s.scaledCopy ? take() : 0;
+  const y = s.scaledCopy ? take() : 0;
+  const bias2 = s.scaledCopy?.bias ? take() : 0;
+  return { a, b, scale, y, bias2 };
 }
 
 // The k loop of the vec4 kernel for one product, in its own block. Per step of
@@ -1057,9 +1130,14 @@ function scalarKernel(s: KernelSpec): string {
   const out: string[] = [PARAMS, storage(1, "A", s.dtypeA), storage(2, "B", s.dtypeB)];
   out.push(`@group(0) @binding(3) var<storage, read_write> C: array<f32>;`);
   if (s.bias) out.push(storage(4, "Bias", s.bias));
-  const second = s.second ? secondBindings(s) : null;
-  if (second) {
-    out.push(storage(second.a, "A2", s.second!.dtypeA), storage(second.b, "B2", s.second!.dtypeB));
+  const extra = extraBindings(s);
+  if (s.second) {
+    out.push(storage(extra.a, "A2", s.second.dtypeA), storage(extra.b, "B2", s.second.dtypeB));
+  }
+  if (s.scaledCopy) {
+    out.push(storage(extra.scale, "S", s.scaledCopy.scale));
+    out.push(`@group(0) @binding(${extra.y}) var<storage, read_write> Y: array<f32>;`);
+    if (s.scaledCopy.bias) out.push(storage(extra.bias2, "Bias2", s.scaledCopy.bias));
   }
   out.push(header(s));
   out.push(accumulators(s));
@@ -1074,9 +1152,18 @@ function scalarKernel(s: KernelSpec): string {
       const idx = `c0 + (row0 + ${i}u) * p.ldc + ${col}`;
       const bias = s.bias ? ` + ld_Bias(p.offBias + ${col})` : "";
       const old = s.beta ? ` + p.beta * C[${idx}]` : "";
-      out.push(
-        `    if (${col} < p.n) { C[${idx}] = p.alpha * acc${i}_${j >> 2}[${j & 3}]${bias}${old}; }`,
-      );
+      const value = `p.alpha * acc${i}_${j >> 2}[${j & 3}]${bias}${old}`;
+      if (!s.scaledCopy) {
+        out.push(`    if (${col} < p.n) { C[${idx}] = ${value}; }`);
+        continue;
+      }
+      const bias2 = s.scaledCopy.bias ? ` + ld_Bias2(p.offBias2 + ${col})` : "";
+      const yIdx = `p.offY + (row0 + ${i}u) * p.ldc + ${col}`;
+      out.push(`    if (${col} < p.n) {`);
+      out.push(`      let v = ${value};`);
+      out.push(`      C[${idx}] = v;`);
+      out.push(`      Y[${yIdx}] = v * ld_S(p.offS + ${col})${bias2};`);
+      out.push(`    }`);
     }
     out.push(`  }`);
   }

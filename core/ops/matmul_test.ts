@@ -209,8 +209,9 @@ Deno.test("gemm scales and accumulates into C", async () => {
   }
 });
 
-// C = alpha (op(A1) op(B1) + op(A2) op(B2)) + beta C0 + bias through gemmSum,
-// against the CPU; returns the error and the number of gemm dispatches.
+// C = alpha (op(A1) op(B1) + op(A2) op(B2)) + beta C0 + bias and its scaled
+// copy Y = C ⊙ scale + bias2 through gemmSum, against the CPU; returns the
+// larger error of C and Y and the number of dispatches.
 async function gemmSumCase(
   m: number,
   n: number,
@@ -227,6 +228,9 @@ async function gemmSumCase(
   const c0 = seededArray(m * n, 44);
   const bias = seededArray(n, 45);
   const c = fromArray(c0, [m, n]);
+  const scale = seededArray(n, 50);
+  const bias2 = seededArray(n, 51);
+  const y = empty([m, n]);
   const shapeA = (k: number) => (transA ? [k, m] : [m, k]);
   const shapeB = (k: number) => (transB ? [n, k] : [k, n]);
   const g = gpu();
@@ -237,16 +241,28 @@ async function gemmSumCase(
     fromArray(b1, shapeB(k1), { dtype: dtypeB }),
     fromArray(a2, shapeA(k2)),
     fromArray(b2, shapeB(k2), { dtype: dtypeB }),
-    { transA, transB, alpha: 0.5, beta: 2, bias: fromArray(bias, [n]) },
+    {
+      transA,
+      transB,
+      alpha: 0.5,
+      beta: 2,
+      bias: fromArray(bias, [n]),
+      scaledCopy: { out: y, scale: fromArray(scale, [n]), bias: fromArray(bias2, [n]) },
+    },
   );
   const dispatches = g.dispatchCount - before;
   const p1 = reference(a1, b1, m, n, k1, transA, transB);
   const p2 = reference(a2, b2, m, n, k2, transA, transB);
   const want = p1.map((v, i) => 0.5 * (v + p2[i]) + 2 * c0[i] + bias[i % n]);
-  return { err: maxError(await c.toArray(), want), dispatches };
+  const wantY = want.map((v, i) => v * scale[i % n] + bias2[i % n]);
+  const err = Math.max(
+    maxError(await c.toArray(), want),
+    maxError(await y.toArray(), wantY),
+  );
+  return { err, dispatches };
 }
 
-Deno.test("gemmSum adds two products with different K in one dispatch", async () => {
+Deno.test("gemmSum adds two products with different K and a scaled copy in one dispatch", async () => {
   for (const config of [null, GPU_CONFIG]) {
     await withConfig(config, async () => {
       // Multiples of 4 take the vec4 kernel, the others the scalar one.
@@ -271,7 +287,8 @@ Deno.test("gemmSum falls back to two GEMMs when operands need blocks", async () 
   const g = gpu();
   const saved = g.bindingLimit;
   try {
-    // 1024-byte bindings cannot hold a 36 × 12 operand, so the products are split.
+    // 1024-byte bindings cannot hold a 36 × 12 operand, so the products are split
+    // and the scaled copy is a separate kernel.
     g.bindingLimit = 1024;
     const r = await gemmSumCase(36, 20, 12, 8, false, true, "f32");
     assert.ok(r.err < 1e-5, `error ${r.err}`);
