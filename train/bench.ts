@@ -515,21 +515,24 @@ function kernelKind(label: string): string {
   return open < 0 ? label : label.slice(0, open);
 }
 
-/**
- * Records one training step while capturing its dispatches, then replays them in groups,
- * one submission and one wait per group, 3 times. Each group's time is the median replay
- * minus the time of an empty submit-and-wait. The replay reuses the step's
- * buffers, which still exist in the pool, and overwrites the trainer's parameters, so the
- * trainer is unusable afterwards.
- */
-async function profileStep(trainer: Trainer) {
+/** One training step's dispatches, captured while it ran. */
+interface Capture {
+  dispatches: Dispatch[];
+  stepMs: number;
+  recordMs: number;
+}
+
+// Runs one training step while capturing its dispatches. The replay reuses the
+// step's buffers, which stay in the pool, and overwrites the trainer's
+// parameters, so the trainer is unusable afterwards.
+async function captureStep(trainer: Trainer): Promise<Capture> {
   const g = gpu();
-  const captured: Dispatch[] = [];
+  const dispatches: Dispatch[] = [];
   const original = g.dispatch.bind(g);
   let recordMs = 0;
   g.dispatch = (d) => {
     const uniforms = d.uniforms === undefined ? undefined : structuredClone(d.uniforms);
-    captured.push({ ...d, buffers: [...d.buffers], uniforms });
+    dispatches.push({ ...d, buffers: [...d.buffers], uniforms });
     const t0 = performance.now();
     original(d);
     recordMs += performance.now() - t0;
@@ -540,94 +543,138 @@ async function profileStep(trainer: Trainer) {
   } finally {
     delete (g as Partial<Gpu>).dispatch;
   }
-  const stepMs = performance.now() - t0;
+  return { dispatches, stepMs: performance.now() - t0, recordMs };
+}
 
-  // An empty submit-and-wait: a 16-byte clear.
+// Median time of an empty submit-and-wait (a 16-byte clear).
+async function emptyWaitMs(): Promise<number> {
+  const g = gpu();
   const probe = empty([4], { memoryClass: "scratch" });
-  const emptyWaits: number[] = [];
+  const samples: number[] = [];
   for (let i = 0; i < 5; i++) {
     const s = performance.now();
     g.clear(probe.buffer, 0, 16);
     await g.sync();
-    emptyWaits.push(performance.now() - s);
+    samples.push(performance.now() - s);
   }
   probe.dispose();
-  const waitMs = median(emptyWaits);
+  return median(samples);
+}
 
-  // GEMMs are grouped by their full label, which names the shapes, and the other kernels
-  // by kind.
-  const groups = new Map<string, Dispatch[]>();
-  for (const d of captured) {
-    const key = kernelKind(d.label) === "gemm" ? d.label : kernelKind(d.label);
-    groups.set(key, [...(groups.get(key) ?? []), d]);
-  }
-  const timed: KindRow[] = [];
-  for (const [key, list] of groups) {
-    const samples: number[] = [];
-    for (let r = 0; r < 3; r++) {
-      const s = performance.now();
-      for (const d of list) g.dispatch(d);
-      await g.sync();
-      samples.push(performance.now() - s);
+/**
+ * Replays each capture's dispatches in groups, GEMMs by their full label
+ * (which names the shapes) and other kernels by kind, one submission and one
+ * wait per group. The captures take turns group by group, 3 rounds, so that a
+ * drift of the machine's speed lands on every method alike. (Measured one
+ * method after the other, the second ran its identical LM-head GEMMs 5 %
+ * slower.) Each group's time is its median minus the empty submit-and-wait.
+ */
+async function replayByKind(captures: Capture[], waitMs: number) {
+  const g = gpu();
+  const grouped = captures.map((c) => {
+    const groups = new Map<string, Dispatch[]>();
+    for (const d of c.dispatches) {
+      const key = kernelKind(d.label) === "gemm" ? d.label : kernelKind(d.label);
+      groups.set(key, [...(groups.get(key) ?? []), d]);
     }
-    timed.push({ kind: key, dispatches: list.length, ms: Math.max(0, median(samples) - waitMs) });
+    return [...groups.entries()].map(([key, list]) => ({ key, list, samples: [] as number[] }));
+  });
+  for (let r = 0; r < 3; r++) {
+    for (let i = 0; grouped.some((groups) => i < groups.length); i++) {
+      for (const groups of grouped) {
+        const group = groups[i];
+        if (!group) continue;
+        const s = performance.now();
+        for (const d of group.list) g.dispatch(d);
+        await g.sync();
+        group.samples.push(performance.now() - s);
+      }
+    }
   }
 
-  const kinds = new Map<string, KindRow>();
-  for (const row of timed) {
-    const kind = kernelKind(row.kind);
-    const sum = kinds.get(kind) ?? { kind, dispatches: 0, ms: 0 };
-    sum.dispatches += row.dispatches;
-    sum.ms += row.ms;
-    kinds.set(kind, sum);
-  }
-  const byTime = (a: KindRow, b: KindRow) => b.ms - a.ms;
-  return {
-    stepMs,
-    recordMs,
-    waitMs,
-    dispatches: captured.length,
-    kinds: [...kinds.values()].sort(byTime),
-    gemms: timed.filter((row) => kernelKind(row.kind) === "gemm").sort(byTime),
-  };
+  return grouped.map((groups) => {
+    const timed: KindRow[] = groups.map((gr) => ({
+      kind: gr.key,
+      dispatches: gr.list.length,
+      ms: Math.max(0, median(gr.samples) - waitMs),
+    }));
+    const kinds = new Map<string, KindRow>();
+    for (const row of timed) {
+      const kind = kernelKind(row.kind);
+      const sum = kinds.get(kind) ?? { kind, dispatches: 0, ms: 0 };
+      sum.dispatches += row.dispatches;
+      sum.ms += row.ms;
+      kinds.set(kind, sum);
+    }
+    const byTime = (a: KindRow, b: KindRow) => b.ms - a.ms;
+    return {
+      kinds: [...kinds.values()].sort(byTime),
+      gemms: timed.filter((row) => kernelKind(row.kind) === "gemm").sort(byTime),
+    };
+  });
 }
 
 async function runProfile(args: BenchArgs) {
-  const results = [];
-  for (const method of ["full", "bpt"] as const) {
-    const c: StepConfig = { model: "qwen2.5-tiny", method, dtype: "bf16", batch: 8, seqLen: 64 };
-    const trainer = await createTrainer(c, args.rank);
-    try {
+  const configs = (["full", "bpt"] as const).map((method): StepConfig => ({
+    model: "qwen2.5-tiny",
+    method,
+    dtype: "bf16",
+    batch: 8,
+    seqLen: 64,
+  }));
+  const trainers: Trainer[] = [];
+  try {
+    for (const c of configs) {
+      const trainer = await createTrainer(c, args.rank);
+      trainers.push(trainer);
       for (let i = 0; i < Math.max(1, args.warmup); i++) await trainer.trainStep();
-      const p = await profileStep(trainer);
-      const kernelMs = p.kinds.reduce((s, k) => s + k.ms, 0);
+    }
+    const captures: Capture[] = [];
+    for (const t of trainers) captures.push(await captureStep(t));
+    const waitMs = await emptyWaitMs();
+    const replays = await replayByKind(captures, waitMs);
+
+    return configs.map((c, i) => {
+      const { kinds, gemms } = replays[i];
+      const cap = captures[i];
+      const kernelMs = kinds.reduce((s, k) => s + k.ms, 0);
       console.log(
-        `${c.model} ${method} ${c.dtype} ${c.batch}×${c.seqLen}: step ${p.stepMs.toFixed(0)} ms, ` +
-          `${p.dispatches} dispatches, recording them ${p.recordMs.toFixed(0)} ms, ` +
+        `${c.model} ${c.method} ${c.dtype} ${c.batch}×${c.seqLen}: step ${
+          cap.stepMs.toFixed(0)
+        } ms, ` +
+          `${cap.dispatches.length} dispatches, recording them ${cap.recordMs.toFixed(0)} ms, ` +
           `kernels replayed by kind ${kernelMs.toFixed(0)} ms, empty submit-and-wait ` +
-          `${p.waitMs.toFixed(1)} ms`,
+          `${waitMs.toFixed(1)} ms`,
       );
       printTable(
         ["kernel", "dispatches", "ms/step", "% of kernels"],
-        p.kinds.map((k) => [
+        kinds.map((k) => [
           k.kind,
           k.dispatches,
           k.ms.toFixed(1),
           (100 * k.ms / kernelMs).toFixed(1),
         ]),
       );
-      console.log(`slowest GEMM shapes of the ${p.gemms.length}:`);
+      console.log(`slowest GEMM shapes of the ${gemms.length}:`);
       printTable(
         ["gemm", "dispatches", "ms/step"],
-        p.gemms.slice(0, 8).map((k) => [k.kind, k.dispatches, k.ms.toFixed(1)]),
+        gemms.slice(0, 8).map((k) => [k.kind, k.dispatches, k.ms.toFixed(1)]),
       );
       console.log("");
-      results.push({ ...c, rank: args.rank, ...p });
-    } finally {
-      disposeTrainer(trainer);
-    }
+      return {
+        ...c,
+        rank: args.rank,
+        stepMs: cap.stepMs,
+        recordMs: cap.recordMs,
+        waitMs,
+        dispatches: cap.dispatches.length,
+        kinds,
+        gemms,
+      };
+    });
+  } finally {
+    for (const t of trainers) disposeTrainer(t);
   }
-  return results;
 }
 
 // ---- results file ----
