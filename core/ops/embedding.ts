@@ -10,7 +10,7 @@
 // Tables larger than one binding (a 151,936 x 896 vocabulary is 544 MB in f32)
 // are bound in row blocks, and so are the token rows of the output and of dy.
 
-import { record } from "../autograd.ts";
+import { leafGrad, record } from "../autograd.ts";
 import { type DType, empty, gpu, ShapeError, type Tensor, zeros } from "../tensor.ts";
 import { flatIndex, grid1d, main1d, storage, uniforms, type Window, window } from "../wgsl.ts";
 import { rowBlocks } from "./rows.ts";
@@ -84,13 +84,26 @@ ${main1d()} {
     "embedding",
     out,
     [ids, table],
-    (dy) => [null, table.requiresGrad ? embeddingBackward(ids, dy, vocab, cols) : null],
+    (dy) => {
+      if (!table.requiresGrad) return [null, null];
+      // A leaf table's gradient is summed straight into its .grad: for Qwen2.5-0.5B
+      // a separate gradient would be another 519 MiB for the step.
+      const leaf = leafGrad(table);
+      const dtable = embeddingBackward(ids, dy, vocab, cols, leaf ?? zeros([vocab, cols]));
+      return [null, leaf ? null : dtable];
+    },
   );
   return out;
 }
 
-function embeddingBackward(ids: Tensor, dy: Tensor, vocab: number, cols: number): Tensor {
-  const dtable = zeros([vocab, cols]);
+// Adds the rows of dy into dtable [vocab, cols] at their token ids, and returns dtable.
+function embeddingBackward(
+  ids: Tensor,
+  dy: Tensor,
+  vocab: number,
+  cols: number,
+  dtable: Tensor,
+): Tensor {
   const tableBlocks = rowBlocks("embedding_backward", vocab, cols);
   for (const tb of rowBlocks("embedding_backward", ids.numel, cols)) {
     const wids = window(ids, tb.start, tb.count);

@@ -3,7 +3,7 @@ import { embedding } from "./embedding.ts";
 import { fromInt32 } from "./int.ts";
 import { backward } from "../autograd.ts";
 import { fromArray, gpu, initGpu, ShapeError } from "../tensor.ts";
-import { assertClose, checkGradients, seededArray } from "../testing.ts";
+import { assertClose, checkGradients, dispatchLabels, seededArray } from "../testing.ts";
 
 await initGpu();
 
@@ -85,6 +85,25 @@ Deno.test("embedding backward sums repeated ids", async () => {
     const { grad } = await lookupAndGrad(ids, [tokens], table, vocab, cols, dy);
     assertClose(grad, scatterRef(ids, dy, vocab, cols), 1e-5, `grad ${tokens}x${vocab}x${cols}`);
   }
+});
+
+Deno.test("embedding backward adds into the table's gradient over two passes", async () => {
+  const [tokens, vocab, cols] = [40, 9, 5];
+  const ids = randomIds(tokens, vocab, 7);
+  const t = fromArray(seededArray(vocab * cols, 6), [vocab, cols], { requiresGrad: true });
+  const dy = [seededArray(tokens * cols, 7), seededArray(tokens * cols, 8)];
+  const labels = await dispatchLabels(() => {
+    for (const seed of dy) {
+      const out = embedding(fromInt32(ids, [tokens]), t);
+      backward(out, fromArray(seed, [tokens, cols]));
+    }
+  });
+  // The table is a leaf: its gradient is summed in place, never copied in by addInto.
+  assert.deepEqual(labels.filter((l) => l.startsWith("addInto")), []);
+  const want = scatterRef(ids, dy[0], vocab, cols);
+  const second = scatterRef(ids, dy[1], vocab, cols);
+  for (let i = 0; i < want.length; i++) want[i] += second[i];
+  assertClose(await t.grad!.toArray(), want, 1e-5, "grad after two passes");
 });
 
 Deno.test("embedding splits large tables and token blocks", async () => {
