@@ -2,7 +2,7 @@
 // Exported from mod.ts so that projects building new ops can check them the same way.
 
 import { backward, noGrad } from "./autograd.ts";
-import { beginScope, endScope, fromArray, type Tensor } from "./tensor.ts";
+import { beginScope, endScope, fromArray, gpu, type Tensor } from "./tensor.ts";
 
 /** Deterministic uniform values in [lo, hi) from a 32-bit seed (mulberry32). */
 export function seededArray(n: number, seed: number, lo = -1, hi = 1): Float32Array {
@@ -122,4 +122,21 @@ export function assertClose(
       : Math.abs(actual[i] - expected[i]) <= tol * Math.max(1, Math.abs(expected[i]));
     if (!ok) throw new Error(`${label}[${i}]: ${actual[i]} vs ${expected[i]}`);
   }
+}
+
+/** Runs `fn` and returns the labels of the dispatches it records, in order. */
+export async function dispatchLabels(fn: () => void | Promise<void>): Promise<string[]> {
+  const g = gpu();
+  const labels: string[] = [];
+  const original = g.dispatch;
+  g.dispatch = (d) => {
+    labels.push(d.label);
+    original.call(g, d);
+  };
+  try {
+    await fn();
+  } finally {
+    g.dispatch = original;
+  }
+  return labels;
 }

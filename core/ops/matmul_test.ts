@@ -15,7 +15,7 @@ import {
   ShapeError,
   type Tensor,
 } from "../tensor.ts";
-import { checkGradients, seededArray } from "../testing.ts";
+import { checkGradients, dispatchLabels, seededArray } from "../testing.ts";
 
 await initGpu();
 
@@ -327,14 +327,7 @@ Deno.test("narrow C computed as Cᵀ matches CPU with bias, alpha and beta", asy
           const c0 = seededArray(m * n, 48);
           const bias = seededArray(n, 49);
           const c = fromArray(c0, [m, n]);
-          const labels: string[] = [];
-          const g = gpu();
-          const original = g.dispatch;
-          g.dispatch = (d) => {
-            labels.push(d.label);
-            original.call(g, d);
-          };
-          try {
+          const labels = await dispatchLabels(() => {
             gemm(
               c,
               fromArray(a, transA ? [k, m] : [m, k]),
@@ -347,11 +340,12 @@ Deno.test("narrow C computed as Cᵀ matches CPU with bias, alpha and beta", asy
                 bias: fromArray(bias, [n]),
               },
             );
-          } finally {
-            g.dispatch = original;
-          }
+          });
           const name = `${m}x${n}x${k} transA=${transA} transB=${transB}`;
-          assert.ok(labels.every((l) => l.includes("as Cᵀ")), `${name}: ${labels.join("; ")}`);
+          assert.ok(
+            labels.length > 0 && labels.every((l) => l.includes("as Cᵀ")),
+            `${name}: ${labels.join("; ")}`,
+          );
           const ab = reference(a, b, m, n, k, transA, transB);
           const want = ab.map((v, i) => 0.5 * v + bias[i % n] + 2 * c0[i]);
           const err = maxError(await c.toArray(), want);
@@ -454,20 +448,11 @@ Deno.test("linear gradients of x, weight and bias", async () => {
 });
 
 // Runs forward and backward of x Wᵀ and returns the gemm dispatch labels of backward.
-function backwardGemmLabels(x: Tensor, w: Tensor): string[] {
+async function backwardGemmLabels(x: Tensor, w: Tensor): Promise<string[]> {
   const y = linear(x, w);
-  const g = gpu();
-  const labels: string[] = [];
-  const original = g.dispatch;
-  g.dispatch = (d) => {
-    labels.push(d.label);
-    original.call(g, d);
-  };
-  try {
-    backward(y, fromArray(seededArray(y.numel, 30), [...y.shape]));
-  } finally {
-    g.dispatch = original;
-  }
+  const labels = await dispatchLabels(() =>
+    backward(y, fromArray(seededArray(y.numel, 30), [...y.shape]))
+  );
   return labels.filter((l) => l.startsWith("gemm"));
 }
 
@@ -475,7 +460,7 @@ Deno.test("frozen weight gets no gradient or dW kernel", async () => {
   const x = fromArray(seededArray(6 * 4, 31), [6, 4], { requiresGrad: true });
   const w = fromArray(seededArray(8 * 4, 32), [8, 4], { requiresGrad: false });
   const before = gpu().dispatchCount;
-  const frozen = backwardGemmLabels(x, w);
+  const frozen = await backwardGemmLabels(x, w);
   assert.equal(frozen.length, 1, `backward gemm dispatches: ${frozen.join("; ")}`);
   assert.ok(gpu().dispatchCount > before);
   assert.equal(w.grad, null);
@@ -487,7 +472,7 @@ Deno.test("frozen weight gets no gradient or dW kernel", async () => {
   assert.ok(maxError(await x.grad!.toArray(), want) < 1e-5);
 
   const trained = fromArray(seededArray(8 * 4, 32), [8, 4], { requiresGrad: true });
-  const both = backwardGemmLabels(
+  const both = await backwardGemmLabels(
     fromArray(seededArray(6 * 4, 31), [6, 4], { requiresGrad: true }),
     trained,
   );
@@ -505,21 +490,12 @@ Deno.test("leaf gradients accumulate in place over uses and backward passes", as
   const w = fromArray(wv, [n, m], { requiresGrad: true });
   const bias = fromArray(seededArray(n, 35), [n], { requiresGrad: true });
   const seeds = [seededArray(rows * n, 36), seededArray(rows * n, 37)];
-  const labels: string[] = [];
-  const g = gpu();
-  const original = g.dispatch;
-  g.dispatch = (d) => {
-    labels.push(d.label);
-    original.call(g, d);
-  };
-  try {
+  const labels = await dispatchLabels(() => {
     for (const seed of seeds) {
       const y = add(linear(x, w, bias), linear(x, w));
       backward(y, fromArray(seed, [rows, n]));
     }
-  } finally {
-    g.dispatch = original;
-  }
+  });
   // x, W and bias are leaves: nothing is copied into their gradients afterwards.
   assert.deepEqual(labels.filter((l) => l.startsWith("addInto")), []);
 
@@ -616,19 +592,7 @@ const SPLIT_CONFIGS: [string, GemmConfig][] = [
 
 // Runs `fn` and returns the labels of the gemm dispatches it records.
 async function gemmLabels(fn: () => Promise<void>): Promise<string[]> {
-  const g = gpu();
-  const labels: string[] = [];
-  const original = g.dispatch;
-  g.dispatch = (d) => {
-    labels.push(d.label);
-    original.call(g, d);
-  };
-  try {
-    await fn();
-  } finally {
-    g.dispatch = original;
-  }
-  return labels.filter((l) => l.startsWith("gemm"));
+  return (await dispatchLabels(fn)).filter((l) => l.startsWith("gemm"));
 }
 
 Deno.test("split-K matches CPU for all transposes", async () => {
