@@ -7,7 +7,8 @@
 //   step     tokens/s, step time, MFU, dispatches, submits and waits of whole training steps
 //   memory   peak bytes per ledger class of one training step, per method
 //   data     .bin loader and GPT-2 tokenizer throughput (data/bench.ts)
-//   profile  time per kernel kind of one training step, replaying its dispatches per kind
+//   profile  time per kernel kind of one training step, from a replay of its dispatches per kind
+//            and from timestamp queries
 
 import { parseArgs } from "node:util";
 import type { Dispatch, Gpu } from "../core/gpu.ts";
@@ -81,7 +82,8 @@ Suites (default: ${DEFAULT_SUITES.join(" ")})
             scratch) of one training step at batch 1 × seq 64 in bf16, for every method
   data      .bin loader and GPT-2 tokenizer throughput in tokens/s
   profile   time per kernel kind of one qwen2.5-tiny bf16 step of full and bpt, measured
-            by replaying the step's dispatches grouped by kind (not in the default set)
+            by replaying the step's dispatches grouped by kind and, where the device has
+            timestamp-query, by timestamps around each dispatch (not in the default set)
 
 Flags
   --steps N          measured steps per step-suite configuration (default ${DEFAULTS.steps})
@@ -562,6 +564,91 @@ async function emptyWaitMs(): Promise<number> {
 }
 
 /**
+ * Times every dispatch of a capture on the GPU: each runs in a compute pass of
+ * its own whose start and end write timestamp queries, all in one submission.
+ * Returns milliseconds per dispatch, or null when the device lacks the
+ * "timestamp-query" feature. Passes run back to back, so unlike the grouped
+ * replay this keeps the step's order of kernels and its cache traffic.
+ */
+export async function timestampReplay(dispatches: Dispatch[]): Promise<number[] | null> {
+  const g = gpu();
+  const device = g.device;
+  if (!device.features.has("timestamp-query") || dispatches.length === 0) return null;
+  await g.sync();
+  const n = dispatches.length;
+
+  const querySet = device.createQuerySet({ type: "timestamp", count: 2 * n });
+  const resolved = device.createBuffer({
+    size: 16 * n,
+    usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC,
+  });
+  const readback = device.createBuffer({
+    size: 16 * n,
+    usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+  });
+  // Uniforms of dispatch i at offset 256 · i (the minimum uniform offset alignment).
+  const uniformBytes = new Uint8Array(256 * n);
+  dispatches.forEach((d, i) => {
+    if (!d.uniforms) return;
+    const u = d.uniforms instanceof ArrayBuffer
+      ? new Uint8Array(d.uniforms)
+      : new Uint8Array(d.uniforms.buffer, d.uniforms.byteOffset, d.uniforms.byteLength);
+    uniformBytes.set(u.subarray(0, 256), 256 * i);
+  });
+  const uniformBuffer = device.createBuffer({
+    size: uniformBytes.byteLength,
+    usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
+  });
+  device.queue.writeBuffer(uniformBuffer, 0, uniformBytes);
+
+  try {
+    const encoder = device.createCommandEncoder();
+    dispatches.forEach((d, i) => {
+      const pipeline = g.pipeline(d.code, d.label);
+      const entries: GPUBindGroupEntry[] = [];
+      if (d.uniforms) {
+        entries.push({
+          binding: 0,
+          resource: { buffer: uniformBuffer, offset: 256 * i, size: d.uniforms.byteLength },
+        });
+      }
+      d.buffers.forEach((b, k) => {
+        entries.push({ binding: k + 1, resource: b instanceof GPUBuffer ? { buffer: b } : b });
+      });
+      const pass = encoder.beginComputePass({
+        timestampWrites: {
+          querySet,
+          beginningOfPassWriteIndex: 2 * i,
+          endOfPassWriteIndex: 2 * i + 1,
+        },
+      });
+      pass.setPipeline(pipeline);
+      pass.setBindGroup(
+        0,
+        device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries }),
+      );
+      const [x, y = 1, z = 1] = d.workgroups;
+      pass.dispatchWorkgroups(x, y, z);
+      pass.end();
+    });
+
+    encoder.resolveQuerySet(querySet, 0, 2 * n, resolved, 0);
+    encoder.copyBufferToBuffer(resolved, 0, readback, 0, 16 * n);
+    device.queue.submit([encoder.finish()]);
+    await readback.mapAsync(GPUMapMode.READ);
+    const ticks = new BigUint64Array(readback.getMappedRange().slice(0));
+    readback.unmap();
+    // Timestamps are in nanoseconds.
+    return dispatches.map((_, i) => Number(ticks[2 * i + 1] - ticks[2 * i]) / 1e6);
+  } finally {
+    querySet.destroy();
+    resolved.destroy();
+    readback.destroy();
+    uniformBuffer.destroy();
+  }
+}
+
+/**
  * Replays each capture's dispatches in groups, GEMMs by their full label
  * (which names the shapes) and other kernels by kind, one submission and one
  * wait per group. The captures take turns group by group, 3 rounds, so that a
@@ -633,26 +720,46 @@ async function runProfile(args: BenchArgs) {
     for (const t of trainers) captures.push(await captureStep(t));
     const waitMs = await emptyWaitMs();
     const replays = await replayByKind(captures, waitMs);
+    // GPU time per dispatch from timestamp queries, summed per kernel kind.
+    const stamped: (Map<string, number> | null)[] = [];
+    for (const cap of captures) {
+      const ms = await timestampReplay(cap.dispatches);
+      if (!ms) {
+        stamped.push(null);
+        continue;
+      }
+      const perKind = new Map<string, number>();
+      cap.dispatches.forEach((d, k) => {
+        const kind = kernelKind(d.label);
+        perKind.set(kind, (perKind.get(kind) ?? 0) + ms[k]);
+      });
+      stamped.push(perKind);
+    }
 
     return configs.map((c, i) => {
       const { kinds, gemms } = replays[i];
       const cap = captures[i];
       const kernelMs = kinds.reduce((s, k) => s + k.ms, 0);
+      const stamps = stamped[i];
+      const stampedMs = stamps ? [...stamps.values()].reduce((s, v) => s + v, 0) : NaN;
       console.log(
         `${c.model} ${c.method} ${c.dtype} ${c.batch}×${c.seqLen}: step ${
           cap.stepMs.toFixed(0)
         } ms, ` +
           `${cap.dispatches.length} dispatches, recording them ${cap.recordMs.toFixed(0)} ms, ` +
           `kernels replayed by kind ${kernelMs.toFixed(0)} ms, empty submit-and-wait ` +
-          `${waitMs.toFixed(1)} ms`,
+          `${waitMs.toFixed(1)} ms, kernels by timestamp queries ${
+            stamps ? `${stampedMs.toFixed(0)} ms` : "unavailable"
+          }`,
       );
       printTable(
-        ["kernel", "dispatches", "ms/step", "% of kernels"],
+        ["kernel", "dispatches", "ms/step", "% of kernels", "timestamps ms"],
         kinds.map((k) => [
           k.kind,
           k.dispatches,
           k.ms.toFixed(1),
           (100 * k.ms / kernelMs).toFixed(1),
+          stamps ? (stamps.get(k.kind) ?? 0).toFixed(1) : "-",
         ]),
       );
       console.log(`slowest GEMM shapes of the ${gemms.length}:`);
@@ -670,6 +777,7 @@ async function runProfile(args: BenchArgs) {
         dispatches: cap.dispatches.length,
         kinds,
         gemms,
+        timestampMs: stamps ? Object.fromEntries(stamps) : null,
       };
     });
   } finally {

@@ -119,3 +119,41 @@ Deno.test("bench CLI rejects a bad step count", async () => {
     "error: --steps 0 is invalid: use an integer ≥ 1",
   );
 });
+
+Deno.test("timestampReplay times each dispatch, or says the feature is missing", async () => {
+  const { gpu, fromArray, empty } = await import("../core/tensor.ts");
+  const { gemm } = await import("../core/ops/matmul.ts");
+  const { seededArray } = await import("../core/testing.ts");
+  const { timestampReplay } = await import("./bench.ts");
+  const g = gpu();
+  const a = fromArray(seededArray(64 * 32, 1), [64, 32]);
+  const b = fromArray(seededArray(32 * 48, 2), [32, 48]);
+  const c = empty([64, 48]);
+  const captured: Parameters<typeof g.dispatch>[0][] = [];
+  const original = g.dispatch;
+  g.dispatch = (d) => {
+    captured.push(d);
+    original.call(g, d);
+  };
+  try {
+    gemm(c, a, b);
+    gemm(c, a, b, { beta: 1 });
+  } finally {
+    g.dispatch = original;
+  }
+  const want = await c.toArray();
+  g.clear(c.buffer);
+  const ms = await timestampReplay(captured);
+  if (!g.device.features.has("timestamp-query")) {
+    assert.equal(ms, null);
+    return;
+  }
+  assert.equal(ms!.length, 2);
+  for (const t of ms!) assert.ok(Number.isFinite(t) && t >= 0, `dispatch time ${t}`);
+  // C was cleared, and the replay ran both dispatches again with their own uniforms and
+  // bindings: the first writes AB into C and the second (beta = 1) adds AB, giving 2 · AB.
+  const after = await c.toArray();
+  for (let i = 0; i < want.length; i++) {
+    assert.ok(Math.abs(after[i] - want[i]) < 1e-5 * (1 + Math.abs(want[i])), `element ${i}`);
+  }
+});
