@@ -48,11 +48,11 @@ export function record(op: string, output: Tensor, inputs: Tensor[], backward: B
 }
 
 /**
- * For backward closures: the persistent f32 gradient of `t`, shaped like `t`
- * and allocated zeroed on first use, when `t` is a leaf that requires a
- * gradient; otherwise null. A closure that adds into it (a GEMM with beta = 1)
- * returns null for that input. This saves the pass that would copy a separate
- * gradient into the buffer.
+ * Returns, for backward closures, the persistent f32 gradient of `t` when `t`
+ * is a leaf that requires a gradient, and null otherwise. The buffer is shaped
+ * like `t` and allocated zeroed on first use. A closure that adds into it (a
+ * GEMM with beta = 1) returns null for that input, so no pass copies a
+ * separate gradient into the buffer afterwards.
  */
 export function leafGrad(t: Tensor): Tensor | null {
   const base = baseOf(t);

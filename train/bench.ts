@@ -586,14 +586,17 @@ export async function timestampReplay(dispatches: Dispatch[]): Promise<number[] 
     size: 16 * n,
     usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
   });
-  // Uniforms of dispatch i at offset 256 · i (the minimum uniform offset alignment).
-  const uniformBytes = new Uint8Array(256 * n);
+  // Uniforms of dispatch i at offset stride · i, a multiple of 256 bytes (the
+  // minimum uniform offset alignment) that holds the largest uniform struct.
+  const largest = Math.max(0, ...dispatches.map((d) => d.uniforms?.byteLength ?? 0));
+  const stride = 256 * Math.max(1, Math.ceil(largest / 256));
+  const uniformBytes = new Uint8Array(stride * n);
   dispatches.forEach((d, i) => {
     if (!d.uniforms) return;
     const u = d.uniforms instanceof ArrayBuffer
       ? new Uint8Array(d.uniforms)
       : new Uint8Array(d.uniforms.buffer, d.uniforms.byteOffset, d.uniforms.byteLength);
-    uniformBytes.set(u.subarray(0, 256), 256 * i);
+    uniformBytes.set(u, stride * i);
   });
   const uniformBuffer = device.createBuffer({
     size: uniformBytes.byteLength,
@@ -609,7 +612,7 @@ export async function timestampReplay(dispatches: Dispatch[]): Promise<number[] 
       if (d.uniforms) {
         entries.push({
           binding: 0,
-          resource: { buffer: uniformBuffer, offset: 256 * i, size: d.uniforms.byteLength },
+          resource: { buffer: uniformBuffer, offset: stride * i, size: d.uniforms.byteLength },
         });
       }
       d.buffers.forEach((b, k) => {

@@ -83,9 +83,10 @@ export function setGemmConfig(config: GemmConfig | null): void {
  * cache: 512×128×50304 f32 ran 10–20 % faster that way (core/gemm_bench.ts,
  * 2-core llvmpipe with LLVM 15).
  *
- * On llvmpipe a narrow C such as BPT's 512×32 t = (b ⊙ x) Vᵀ leaves most of
- * a workgroup's 8 × 16 columns empty, so it is computed as the 32×512 Cᵀ and
- * stored transposed: 1.3–1.6× faster for the rank-32 shapes of qwen2.5-tiny.
+ * On llvmpipe a narrow C such as BPT's 512×32 t = (b ⊙ x) Vᵀ only fills
+ * 16×4 tiles, which do few FMAs per load. Computed as the 32×512 Cᵀ with
+ * 16×16 tiles and stored transposed, the rank-32 shapes of qwen2.5-tiny ran
+ * 1.3–1.6× faster (core/gemm_bench.ts).
  */
 export function gemmConfig(): GemmConfig {
   if (override) return override;
@@ -286,9 +287,9 @@ export interface GemmSumOptions extends GemmOptions {
  * Computes C = alpha · (op(A1) · op(B1) + op(A2) · op(B2)) + beta · C (+ bias)
  * for 2-D operands with the same transposes and C [M, N]; the two inner
  * dimensions may differ. When both products fit single bindings and need no
- * split-K, one kernel sums both into the same accumulators: BPT's
- * (b ⊙ x) Wᵀ + t Uᵀ and dz W + dt V, whose rank-r halves would otherwise each
- * be a narrow GEMM that reads and rewrites all of C. Otherwise it runs two GEMMs.
+ * split-K, one kernel sums both into the same accumulators, and otherwise two
+ * GEMMs run. BPT uses it for (b ⊙ x) Wᵀ + t Uᵀ and dz W + dt V, whose rank-r
+ * halves would each be a narrow GEMM that reads and rewrites all of C.
  * With `scaledCopy` it also writes Y = C ⊙ scale + bias, in the same kernel
  * when fused (BPT's y = a ⊙ z + bias next to z, which its backward needs).
  */

@@ -228,9 +228,11 @@ async function gemmSumCase(
   const c0 = seededArray(m * n, 44);
   const bias = seededArray(n, 45);
   const c = fromArray(c0, [m, n]);
+
   const scale = seededArray(n, 50);
   const bias2 = seededArray(n, 51);
   const y = empty([m, n]);
+
   const shapeA = (k: number) => (transA ? [k, m] : [m, k]);
   const shapeB = (k: number) => (transB ? [n, k] : [k, n]);
   const g = gpu();
@@ -251,6 +253,7 @@ async function gemmSumCase(
     },
   );
   const dispatches = g.dispatchCount - before;
+
   const p1 = reference(a1, b1, m, n, k1, transA, transB);
   const p2 = reference(a2, b2, m, n, k2, transA, transB);
   const want = p1.map((v, i) => 0.5 * (v + p2[i]) + 2 * c0[i] + bias[i % n]);

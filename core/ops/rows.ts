@@ -89,9 +89,9 @@ export interface RowBlock {
 
 /**
  * Splits `rows` rows of `cols` elements into blocks whose windows fit one
- * binding, and hold at most `maxRows` rows. `dtype` is the widest dtype among
- * the tensors bound in blocks, f32 by default because op outputs are f32. Throws ShapeError when a single row
- * is larger than a binding.
+ * binding and that hold at most `maxRows` rows. `dtype` is the widest dtype
+ * among the tensors bound in blocks, f32 by default because op outputs are
+ * f32. Throws ShapeError when a single row is larger than a binding.
  */
 export function rowBlocks(
   op: string,
