@@ -1,5 +1,8 @@
 // GEMM: C = alpha · op(A) · op(B) + beta · C (+ bias), the hot path of
-// training, plus the `matmul` and `linear` ops built on it.
+// training, plus the `matmul` and `linear` ops built on it. Options fold
+// BPT's diagonals into the GEMMs. scaleK scales the inner dimension as B is
+// loaded. scaleN scales C's columns, and scaledCopy writes a column-scaled
+// copy of C next to it. addend adds a matrix to the product, for W + U V.
 //
 // Register-tiled kernels: each invocation accumulates a tileM × tileN block
 // of C in registers and reads A and B straight from storage, four k at a time
@@ -131,6 +134,21 @@ export interface GemmOptions {
   beta?: number;
   /** A length-N vector added to every row of C (not scaled by alpha). */
   bias?: Tensor;
+  /**
+   * A length-K vector s: the product becomes op(A) · diag(s) · op(B), so that
+   * BPT's b ⊙ x never has to be stored. In `gemmSum` it scales the first product only.
+   */
+  scaleK?: Tensor;
+  /** A length-N vector s scaling the product's columns: alpha · op(A) · op(B) · diag(s). */
+  scaleN?: Tensor;
+  /** A tensor of C's shape, of any dtype, added to the product; needs beta 0. */
+  addend?: Tensor;
+  /**
+   * Also write out = C ⊙ scale + bias, with out f32 of C's shape, scale and
+   * bias [N]: from the same values in the same kernel when C is one block,
+   * else in a second pass.
+   */
+  scaledCopy?: { out: Tensor; scale: Tensor; bias?: Tensor };
 }
 
 // One GEMM problem in element units. A batched operand advances by its stride
@@ -228,6 +246,13 @@ export function gemm(c: Tensor, a: Tensor, b: Tensor, opts: GemmOptions = {}): v
   if (opts.bias && opts.bias.numel !== n) {
     throw new ShapeError(`gemm: bias ${opts.bias.shapeString} does not have ${n} elements`);
   }
+  const beta = opts.beta ?? 0;
+  checkExtras("gemm", opts, c, k, n, beta);
+  if (opts.addend && reduce && batch > 1) {
+    throw new ShapeError(
+      `gemm: an addend needs C with the batch dimensions, got C ${c.shapeString} summed over the batch`,
+    );
+  }
 
   const p: Problem = {
     batch,
@@ -244,7 +269,6 @@ export function gemm(c: Tensor, a: Tensor, b: Tensor, opts: GemmOptions = {}): v
     strideC: reduce ? 0 : m * n,
   };
   const alpha = opts.alpha ?? 1;
-  const beta = opts.beta ?? 0;
   const run: Run = {
     a,
     b,
@@ -252,10 +276,17 @@ export function gemm(c: Tensor, a: Tensor, b: Tensor, opts: GemmOptions = {}): v
     bias: opts.bias ?? null,
     alpha,
     label: describe(a, b, transA, transB),
+    ...extraTensors(opts),
   };
 
+  const copy = opts.scaledCopy;
+  if (copy && batch === 1 && oneKernel(p, run, copy)) run.scaledCopy = copyWindows(copy, n, m * n);
   if (!reduce || batch === 1) {
     dispatchBatches(run, p, 0, batch, beta, true);
+    if (copy && !run.scaledCopy) {
+      const rows = c.numel / Math.max(n, 1);
+      scaleColumns(copy.out.reshape([rows, n]), c.reshape([rows, n]), copy.scale, copy.bias);
+    }
     return;
   }
 
@@ -277,11 +308,76 @@ export function gemm(c: Tensor, a: Tensor, b: Tensor, opts: GemmOptions = {}): v
   }
 }
 
-/** Options of `gemmSum`. */
-export interface GemmSumOptions extends GemmOptions {
-  /** Also write out = C ⊙ scale + bias, with out f32 [M, N], scale and bias [N]. */
-  scaledCopy?: { out: Tensor; scale: Tensor; bias?: Tensor };
+// Checks scaleK, scaleN, addend and scaledCopy against C and the product's K and N.
+function checkExtras(op: string, opts: GemmOptions, c: Tensor, k: number, n: number, beta: number) {
+  const { scaleK, scaleN, addend, scaledCopy: copy } = opts;
+  if (scaleK && scaleK.numel !== k) {
+    throw new ShapeError(`${op}: scaleK ${scaleK.shapeString} does not have K = ${k} elements`);
+  }
+  if (scaleN && scaleN.numel !== n) {
+    throw new ShapeError(`${op}: scaleN ${scaleN.shapeString} does not have N = ${n} elements`);
+  }
+  if (addend && addend.numel !== c.numel) {
+    throw new ShapeError(
+      `${op}: addend ${addend.shapeString} does not match C ${c.shapeString}`,
+    );
+  }
+  if (addend && beta !== 0) {
+    throw new ShapeError(`${op}: an addend replaces beta · C; pass beta 0, got ${beta}`);
+  }
+  if (
+    copy &&
+    (copy.out.dtype !== "f32" || copy.out.numel !== c.numel || copy.scale.numel !== n ||
+      (copy.bias && copy.bias.numel !== n))
+  ) {
+    throw new ShapeError(
+      `${op}: scaled copy needs an f32 output of C's ${c.numel} elements and a scale and bias of ${n}, got ${copy.out.dtype} ${copy.out.shapeString}, scale ${copy.scale.shapeString}${
+        copy.bias ? `, bias ${copy.bias.shapeString}` : ""
+      }`,
+    );
+  }
 }
+
+function extraTensors(opts: GemmOptions) {
+  return {
+    scaleK: opts.scaleK ?? null,
+    scaleN: opts.scaleN ?? null,
+    addend: opts.addend ?? null,
+  };
+}
+
+function copyWindows(copy: NonNullable<GemmOptions["scaledCopy"]>, n: number, span: number) {
+  return {
+    scale: copy.scale,
+    bias: copy.bias ?? null,
+    ws: window(copy.scale, 0, n),
+    wy: window(copy.out, 0, span),
+    wbias: copy.bias ? window(copy.bias, 0, n) : null,
+  };
+}
+
+// Whether an unbatched problem runs as one kernel (every operand in one
+// binding, no split-K) whose storage bindings, with a scaled copy, stay within
+// the device's limit. Only then can that kernel also write the scaled copy.
+function oneKernel(p: Problem, run: Run, copy: GemmOptions["scaledCopy"]): boolean {
+  const s = spans(p, p.m, p.n, Math.max(p.k, 1));
+  const second = run.second ? spans({ ...p, ...run.second }, p.m, p.n, run.second.k) : null;
+  const fits = s.a <= windowElements(run.a.dtype) && s.b <= windowElements(run.b.dtype) &&
+    s.c <= windowElements("f32") &&
+    (!second ||
+      (second.a <= windowElements(run.second!.a.dtype) &&
+        second.b <= windowElements(run.second!.b.dtype)));
+  const kb = p.k + (run.second?.k ?? 0);
+  const blk = { mb: p.m, nb: p.n, kb } as Block;
+  let bindings = 3 + [run.bias, run.scaleK, run.scaleN, run.addend].filter((t) => t).length;
+  if (run.second) bindings += 2;
+  if (copy) bindings += copy.bias ? 3 : 2;
+  return p.m > 0 && p.n > 0 && p.k > 0 && fits && splitKSlices(gemmConfig(), blk) <= 1 &&
+    bindings <= gpu().limits.maxStorageBuffersPerShaderStage;
+}
+
+/** Options of `gemmSum`: those of `gemm`, where `scaleK` applies to the first product. */
+export type GemmSumOptions = GemmOptions;
 
 /**
  * Computes C = alpha · (op(A1) · op(B1) + op(A2) · op(B2)) + beta · C (+ bias)
@@ -325,22 +421,13 @@ export function gemmSum(
   if (opts.bias && opts.bias.numel !== n) {
     throw new ShapeError(`gemmSum: bias ${opts.bias.shapeString} does not have ${n} elements`);
   }
+  const beta = opts.beta ?? 0;
+  checkExtras("gemmSum", opts, c, first.k, n, beta);
   const copy = opts.scaledCopy;
-  if (
-    copy &&
-    (copy.out.dtype !== "f32" || copy.out.numel !== m * n || copy.scale.numel !== n ||
-      (copy.bias && copy.bias.numel !== n))
-  ) {
-    throw new ShapeError(
-      `gemmSum: scaled copy needs an f32 output of ${m}x${n} and a scale and bias of ${n}, got ${copy.out.dtype} ${copy.out.shapeString}, scale ${copy.scale.shapeString}${
-        copy.bias ? `, bias ${copy.bias.shapeString}` : ""
-      }`,
-    );
-  }
   const fallback = () => {
     const { scaledCopy: _, ...plain } = opts;
     gemm(c, a1, b1, plain);
-    gemm(c, a2, b2, { transA, transB, alpha: opts.alpha, beta: 1 });
+    gemm(c, a2, b2, { transA, transB, alpha: opts.alpha, beta: 1, scaleN: opts.scaleN });
     if (copy) scaleColumns(copy.out.reshape([m, n]), c, copy.scale, copy.bias);
   };
   if (c.dtype !== "f32" || c.shape.length !== 2 || c.shape[0] !== m || c.shape[1] !== n) {
@@ -364,6 +451,27 @@ export function gemmSum(
   const p2 = { ...p, k: other.k, lda: a2.shape[1], ldb: b2.shape[1] };
   const s1 = spans(p, m, n, Math.max(first.k, 1));
   const s2 = spans(p2, m, n, Math.max(other.k, 1));
+  const run: Run = {
+    a: a1,
+    b: b1,
+    c,
+    bias: opts.bias ?? null,
+    alpha: opts.alpha ?? 1,
+    label: `${describe(a1, b1, transA, transB)} + ${describe(a2, b2, transA, transB)}`,
+    ...extraTensors(opts),
+    second: {
+      a: a2,
+      b: b2,
+      k: other.k,
+      lda: p2.lda,
+      ldb: p2.ldb,
+      wa: window(a2, 0, s2.a),
+      wb: window(b2, 0, s2.b),
+    },
+  };
+  if (other.k === 0 || !oneKernel(p, run, copy)) return fallback();
+  if (copy) run.scaledCopy = copyWindows(copy, n, s1.c);
+
   const blk: Block = {
     z: 1,
     aStart: 0,
@@ -375,54 +483,18 @@ export function gemmSum(
     mb: m,
     nb: n,
     kb: first.k,
-    beta: opts.beta ?? 0,
+    beta,
     bias: opts.bias !== undefined,
   };
-  const cfg = gemmConfig();
-  const fits = s1.a <= windowElements(a1.dtype) && s1.b <= windowElements(b1.dtype) &&
-    s2.a <= windowElements(a2.dtype) && s2.b <= windowElements(b2.dtype) &&
-    s1.c <= windowElements("f32");
-  if (
-    m === 0 || n === 0 || first.k === 0 || other.k === 0 || !fits ||
-    splitKSlices(cfg, { ...blk, kb: first.k + other.k }) > 1
-  ) {
-    return fallback();
-  }
-
-  const run: Run = {
-    a: a1,
-    b: b1,
-    c,
-    bias: opts.bias ?? null,
-    alpha: opts.alpha ?? 1,
-    label: `${describe(a1, b1, transA, transB)} + ${describe(a2, b2, transA, transB)}`,
-    second: {
-      a: a2,
-      b: b2,
-      k: other.k,
-      lda: p2.lda,
-      ldb: p2.ldb,
-      wa: window(a2, 0, s2.a),
-      wb: window(b2, 0, s2.b),
-    },
-    scaledCopy: copy
-      ? {
-        scale: copy.scale,
-        bias: copy.bias ?? null,
-        ws: window(copy.scale, 0, n),
-        wy: window(copy.out, 0, s1.c),
-        wbias: copy.bias ? window(copy.bias, 0, n) : null,
-      }
-      : undefined,
-  };
-  dispatchKernel(run, p, blk, cfg, window(a1, 0, s1.a), window(b1, 0, s1.b), {
+  dispatchKernel(run, p, blk, gemmConfig(), window(a1, 0, s1.a), window(b1, 0, s1.b), {
     window: window(c, 0, s1.c),
     ldc: n,
     strideC: 0,
     alpha: run.alpha,
-    beta: blk.beta,
+    beta,
     bias: opts.bias ? window(opts.bias, 0, n) : null,
     kSplit: 0,
+    ...extraWindows(run, blk, p, 0),
   });
 }
 
@@ -433,6 +505,10 @@ interface Run {
   bias: Tensor | null;
   alpha: number;
   label: string;
+  /** GemmOptions.scaleK, scaleN and addend. */
+  scaleK: Tensor | null;
+  scaleN: Tensor | null;
+  addend: Tensor | null;
   /** A second product summed into the same accumulators (`gemmSum`), bound whole. */
   second?: SecondProduct;
   /** The kernel computes Cᵀ: its A and B are the caller's B and A, swapped and transposed. */
@@ -608,8 +684,9 @@ function dispatchBlock(run: Run, p: Problem, blk: Block) {
 
   const cfg = gemmConfig();
   const splits = blk.z === 1 ? splitKSlices(cfg, blk) : 1;
+  const originC = blk.cStart + blk.m0 * p.ldc + blk.n0;
+  const extra = extraWindows(run, blk, p, originC);
   if (splits <= 1) {
-    const originC = blk.cStart + blk.m0 * p.ldc + blk.n0;
     const wc = window(c, originC, (blk.z - 1) * p.strideC + s.c);
     dispatchKernel(run, p, blk, cfg, wa, wb, {
       window: wc,
@@ -619,6 +696,7 @@ function dispatchBlock(run: Run, p: Problem, blk: Block) {
       beta: blk.beta,
       bias: wbias,
       kSplit: 0,
+      ...extra,
     });
     return;
   }
@@ -638,14 +716,29 @@ function dispatchBlock(run: Run, p: Problem, blk: Block) {
       beta: 0,
       bias: null,
       kSplit,
+      scaleK: extra.scaleK,
+      scaleN: extra.scaleN,
+      addend: null,
     });
-    const originC = blk.cStart + blk.m0 * p.ldc + blk.n0;
-    dispatchSplitKSum(run, p, blk, partial, window(c, originC, s.c), wbias);
+    dispatchSplitKSum(run, p, blk, partial, window(c, originC, s.c), wbias, extra.addend);
   } finally {
     // The pool may hand the buffer to a later dispatch, which the queue runs
     // after these two.
     partial.dispose();
   }
+}
+
+// Windows of scaleK, scaleN and the addend for one block. The addend goes
+// with the block's first K slice only: later ones add to C with beta = 1.
+function extraWindows(run: Run, blk: Block, p: Problem, originC: number) {
+  const s = spans(p, blk.mb, blk.nb, Math.max(blk.kb, 1));
+  return {
+    scaleK: run.scaleK ? window(run.scaleK, blk.k0, Math.max(blk.kb, 1)) : null,
+    scaleN: run.scaleN ? window(run.scaleN, blk.n0, blk.nb) : null,
+    addend: run.addend && blk.k0 === 0
+      ? window(run.addend, originC, (blk.z - 1) * p.strideC + s.c)
+      : null,
+  };
 }
 
 // Number of split-K slices for a single (unbatched) block: enough to give
@@ -674,6 +767,10 @@ interface Output {
   bias: Window | null;
   /** K per split-K slice (workgroup z), or 0 when z is the batch. */
   kSplit: number;
+  scaleK: Window | null;
+  scaleN: Window | null;
+  /** Added in place of beta · C, laid out as C. */
+  addend: Window | null;
 }
 
 function dispatchKernel(
@@ -691,7 +788,7 @@ function dispatchKernel(
   const strideB = split ? 0 : p.strideB;
   if (
     cfg.transposeNarrow && !run.transposed && !run.second && !run.scaledCopy && !split &&
-    blk.z === 1 &&
+    !out.scaleN && !out.addend && blk.z === 1 &&
     blk.nb < cfg.workgroupX * cfg.tileN && blk.mb > blk.nb
   ) {
     // Cᵀ = op(B)ᵀ · op(A)ᵀ: the operands trade places and each transpose flag flips.
@@ -732,6 +829,7 @@ function dispatchKernel(
   }
   const copy = run.scaledCopy;
   if (copy) multiples.push(copy.ws.offset, copy.wy.offset, copy.wbias?.offset ?? 0);
+  for (const w of [out.scaleK, out.scaleN, out.addend]) if (w) multiples.push(w.offset);
   const vec = multiples.every((x) => x % 4 === 0);
 
   const tileM = Math.min(cfg.tileM, Math.max(vec && p.transA ? 4 : 1, nextPow2(blk.mb)));
@@ -755,12 +853,16 @@ function dispatchKernel(
     second: second ? { dtypeA: second.a.dtype, dtypeB: second.b.dtype } : null,
     storeT: run.transposed ?? false,
     scaledCopy: copy ? { scale: copy.scale.dtype, bias: copy.bias?.dtype ?? null } : null,
+    scaleK: out.scaleK ? run.scaleK!.dtype : null,
+    scaleN: out.scaleN ? run.scaleN!.dtype : null,
+    addend: out.addend ? run.addend!.dtype : null,
   };
   const buffers: GPUBufferBinding[] = [wa.binding, wb.binding, out.window.binding];
   if (out.bias) buffers.push(out.bias.binding);
   if (second) buffers.push(second.wa.binding, second.wb.binding);
   if (copy) buffers.push(copy.ws.binding, copy.wy.binding);
   if (copy?.wbias) buffers.push(copy.wbias.binding);
+  for (const w of [out.scaleK, out.scaleN, out.addend]) if (w) buffers.push(w.binding);
   gpu().dispatch({
     label: `gemm(${
       blk.z > 1 && !split ? `${blk.z}x ` : ""
@@ -794,6 +896,9 @@ function dispatchKernel(
       copy?.ws.offset ?? 0,
       copy?.wy.offset ?? 0,
       copy?.wbias?.offset ?? 0,
+      out.scaleK?.offset ?? 0,
+      out.scaleN?.offset ?? 0,
+      out.addend?.offset ?? 0,
     ),
     workgroups: [
       Math.ceil(blk.nb / (tileN * cfg.workgroupX)),
@@ -812,17 +917,20 @@ function dispatchSplitKSum(
   partial: Tensor,
   wc: Window,
   wbias: Window | null,
+  waddend: Window | null,
 ) {
   const slices = partial.shape[0];
   const biasDtype = wbias ? run.bias!.dtype : null;
-  const key = `splitK:${blk.beta !== 0}:${biasDtype}`;
+  const addendDtype = waddend ? run.addend!.dtype : null;
+  const key = `splitK:${blk.beta !== 0}:${biasDtype}:${addendDtype}`;
   let code = kernels.get(key);
   if (!code) {
-    code = splitKSumKernel(blk.beta !== 0, biasDtype);
+    code = splitKSumKernel(blk.beta !== 0, biasDtype, addendDtype);
     kernels.set(key, code);
   }
   const buffers: GPUBufferBinding[] = [window(partial, 0, partial.numel).binding, wc.binding];
   if (wbias) buffers.push(wbias.binding);
+  if (waddend) buffers.push(waddend.binding);
   gpu().dispatch({
     label: `gemm_splitk_sum(${run.label}, ${slices}x${blk.mb}x${blk.nb})`,
     code,
@@ -836,20 +944,27 @@ function dispatchSplitKSum(
       wbias ? wbias.offset : 0,
       { f: run.alpha },
       { f: blk.beta },
+      waddend ? waddend.offset : 0,
     ),
     workgroups: grid1d(blk.mb * blk.nb),
   });
 }
 
-function splitKSumKernel(beta: boolean, biasDtype: DType | null): string {
+function splitKSumKernel(beta: boolean, biasDtype: DType | null, addendDtype: DType | null) {
   const old = beta ? " + p.beta * C[ci]" : "";
   const bias = biasDtype ? " + ld_Bias(p.offBias + col)" : "";
+  const addend = addendDtype ? " + ld_D(ci - p.offC + p.offD)" : "";
+  const addendBinding = biasDtype ? 4 : 3;
   return `
-struct P { m: u32, n: u32, slices: u32, ldc: u32, offC: u32, offBias: u32, alpha: f32, beta: f32 }
+struct P {
+  m: u32, n: u32, slices: u32, ldc: u32, offC: u32, offBias: u32, alpha: f32, beta: f32,
+  offD: u32,
+}
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<storage, read> Partial: array<f32>;
 @group(0) @binding(2) var<storage, read_write> C: array<f32>;
 ${biasDtype ? storage(3, "Bias", biasDtype) : ""}
+${addendDtype ? storage(addendBinding, "D", addendDtype) : ""}
 ${main1d()} {
   let i = ${flatIndex()};
   let plane = p.m * p.n;
@@ -858,7 +973,7 @@ ${main1d()} {
   for (var z = 0u; z < p.slices; z++) { sum += Partial[z * plane + i]; }
   let col = i % p.n;
   let ci = p.offC + (i / p.n) * p.ldc + col;
-  C[ci] = p.alpha * sum${bias}${old};
+  C[ci] = p.alpha * sum${bias}${addend}${old};
 }`;
 }
 
@@ -884,6 +999,10 @@ interface KernelSpec extends GemmConfig {
   storeT: boolean;
   /** dtypes of the scale and bias of a `gemmSum` scaled copy Y = C ⊙ scale + bias. */
   scaledCopy: { scale: DType; bias: DType | null } | null;
+  /** dtypes of GemmOptions.scaleK (first product), scaleN and addend. */
+  scaleK: DType | null;
+  scaleN: DType | null;
+  addend: DType | null;
 }
 
 const kernels = new Map<string, string>();
@@ -901,7 +1020,8 @@ function kernel(spec: KernelSpec): string {
 // Uniform struct shared by both kernels; offsets, strides and leading
 // dimensions are in elements. kSplit is the K per split-K slice, 0 unless the
 // kernel is a split-K one. The fields ending in 2 describe the second product
-// of a `gemmSum` kernel, and offS, offY and offBias2 its scaled copy.
+// of a `gemmSum` kernel, and offS, offY and offBias2 its scaled copy. offSK,
+// offSN and offD locate scaleK, scaleN and the addend.
 const PARAMS = `
 struct P {
   m: u32, n: u32, k: u32,
@@ -912,6 +1032,7 @@ struct P {
   kSplit: u32,
   k2: u32, lda2: u32, ldb2: u32, offA2: u32, offB2: u32,
   offS: u32, offY: u32, offBias2: u32,
+  offSK: u32, offSN: u32, offD: u32,
 }
 @group(0) @binding(0) var<uniform> p: P;`;
 
@@ -959,6 +1080,7 @@ function vecKernel(s: KernelSpec): string {
     out.push(`@group(0) @binding(${extra.y}) var<storage, read_write> Y: array<vec4<f32>>;`);
     if (s.scaledCopy.bias) out.push(vecStorage(extra.bias2, "Bias2", s.scaledCopy.bias));
   }
+  out.push(...extraDecls(s, vecStorage));
   out.push(header(s));
   out.push(accumulators(s));
   out.push(...vecLoop(s, FIRST));
@@ -976,10 +1098,14 @@ function vecKernel(s: KernelSpec): string {
       out.push(`    let ys${jv} = lv_S(p.offS + ${col});`);
       out.push(`    let yb${jv} = vec4<f32>(0.0)${bias2};`);
     }
+    if (s.scaleN) out.push(`    let sn${jv} = lv_SN(p.offSN + ${col});`);
     for (let i = 0; i < tm; i++) {
-      const idx = `(c0 + (row0 + ${i}u) * p.ldc + ${col}) >> 2u`;
+      const at = `(row0 + ${i}u) * p.ldc + ${col}`;
+      const idx = `(c0 + ${at}) >> 2u`;
       const old = s.beta ? ` + p.beta * C[${idx}]` : "";
-      const value = `p.alpha * acc${i}_${jv}${bias}${old}`;
+      const addend = s.addend ? ` + lv_D(p.offD + wid.z * p.strideC + ${at})` : "";
+      const sn = s.scaleN ? ` * sn${jv}` : "";
+      const value = `p.alpha * acc${i}_${jv}${sn}${bias}${addend}${old}`;
       if (!s.scaledCopy) {
         out.push(`    if (row0 + ${i}u < p.m) { C[${idx}] = ${value}; }`);
         continue;
@@ -1051,8 +1177,8 @@ const SECOND: Operands = {
   kEnd: "p.k2",
 };
 
-// Binding numbers after C and the bias: the second product's A and B, then
-// the scaled copy's scale, output and bias.
+// Binding numbers after C and the bias: the second product's A and B, the
+// scaled copy's scale, output and bias, then scaleK, scaleN and the addend.
 function extraBindings(s: KernelSpec) {
   let next = s.bias ? 5 : 4;
   const take = () => next++;
@@ -1061,7 +1187,20 @@ function extraBindings(s: KernelSpec) {
   const scale = s.scaledCopy ? take() : 0;
   const y = s.scaledCopy ? take() : 0;
   const bias2 = s.scaledCopy?.bias ? take() : 0;
-  return { a, b, scale, y, bias2 };
+  const sk = s.scaleK ? take() : 0;
+  const sn = s.scaleN ? take() : 0;
+  const d = s.addend ? take() : 0;
+  return { a, b, scale, y, bias2, sk, sn, d };
+}
+
+// Declarations of scaleK, scaleN and the addend, read with vec4 or scalar loaders.
+function extraDecls(s: KernelSpec, load: typeof storage | typeof vecStorage): string[] {
+  const extra = extraBindings(s);
+  const out: string[] = [];
+  if (s.scaleK) out.push(load(extra.sk, "SK", s.scaleK));
+  if (s.scaleN) out.push(load(extra.sn, "SN", s.scaleN));
+  if (s.addend) out.push(load(extra.d, "D", s.addend));
+  return out;
 }
 
 // The k loop of the vec4 kernel for one product, in its own block. Per step of
@@ -1075,6 +1214,9 @@ function vecLoop(s: KernelSpec, o: Operands): string[] {
   out.push(`  let ra = ${o.a0} + ${s.transA ? "row0" : `row0 * ${o.lda}`};`);
   out.push(`  let rb = ${o.b0} + ${s.transB ? `col0 * ${o.ldb}` : "col0"};`);
   out.push(`  for (var k = ${o.kBegin}; k < ${o.kEnd}; k += 4u) {`);
+  const scaled = s.scaleK && o === FIRST;
+  if (scaled) out.push(`    let sk = lv_SK(p.offSK + k);`);
+  const sk = (u: number) => (scaled ? ` * sk[${u}]` : "");
 
   // B first, then A one row (or one vec4 of rows) at a time, each consumed by
   // its FMAs right away. Every load is a per-lane loop on llvmpipe that LLVM
@@ -1084,7 +1226,7 @@ function vecLoop(s: KernelSpec, o: Operands): string[] {
     out.push(lines(4 * nv, (t) => {
       const u = Math.floor(t / nv);
       const j = t % nv;
-      return `    let bv${u}_${j} = lv_${o.b}(rb + (k + ${u}u) * ${o.ldb} + ${4 * j}u);`;
+      return `    let bv${u}_${j} = lv_${o.b}(rb + (k + ${u}u) * ${o.ldb} + ${4 * j}u)${sk(u)};`;
     }));
   } else {
     out.push(lines(s.tileN, (j) => `    let b${j} = lv_${o.b}(rb + k + ${j}u * ${o.ldb});`));
@@ -1092,7 +1234,7 @@ function vecLoop(s: KernelSpec, o: Operands): string[] {
       const u = Math.floor(t / nv);
       const jv = t % nv;
       const parts = [0, 1, 2, 3].map((c) => `b${4 * jv + c}[${u}]`).join(", ");
-      return `    let bv${u}_${jv} = vec4<f32>(${parts});`;
+      return `    let bv${u}_${jv} = vec4<f32>(${parts})${sk(u)};`;
     }));
   }
   const fmas = (i: number, a: (u: number) => string) =>
@@ -1140,6 +1282,7 @@ function scalarKernel(s: KernelSpec): string {
     out.push(`@group(0) @binding(${extra.y}) var<storage, read_write> Y: array<f32>;`);
     if (s.scaledCopy.bias) out.push(storage(extra.bias2, "Bias2", s.scaledCopy.bias));
   }
+  out.push(...extraDecls(s, storage));
   out.push(header(s));
   out.push(accumulators(s));
   out.push(...scalarLoop(s, FIRST));
@@ -1150,10 +1293,13 @@ function scalarKernel(s: KernelSpec): string {
     out.push(`  if (row0 + ${i}u < p.m) {`);
     for (let j = 0; j < tn; j++) {
       const col = `col0 + ${j}u`;
-      const idx = `c0 + (row0 + ${i}u) * p.ldc + ${col}`;
+      const at = `(row0 + ${i}u) * p.ldc + ${col}`;
+      const idx = `c0 + ${at}`;
       const bias = s.bias ? ` + ld_Bias(p.offBias + ${col})` : "";
       const old = s.beta ? ` + p.beta * C[${idx}]` : "";
-      const value = `p.alpha * acc${i}_${j >> 2}[${j & 3}]${bias}${old}`;
+      const addend = s.addend ? ` + ld_D(p.offD + wid.z * p.strideC + ${at})` : "";
+      const sn = s.scaleN ? ` * ld_SN(p.offSN + ${col})` : "";
+      const value = `p.alpha * acc${i}_${j >> 2}[${j & 3}]${sn}${bias}${addend}${old}`;
       if (!s.scaledCopy) {
         out.push(`    if (${col} < p.n) { C[${idx}] = ${value}; }`);
         continue;
@@ -1194,13 +1340,16 @@ function scalarLoop(s: KernelSpec, o: Operands): string[] {
           : `    let a${i} = ld_${o.a}(ra${i} + k);`,
     ),
   );
+  const scaled = s.scaleK && o === FIRST;
+  if (scaled) out.push(`    let sk = ld_SK(p.offSK + k);`);
+  const sk = scaled ? " * sk" : "";
   out.push(
     lines(
       tn,
       (j) =>
         s.transB
-          ? `    let b${j} = ld_${o.b}(rb${j} + k);`
-          : `    let b${j} = ld_${o.b}(cb${j} + k * ${o.ldb});`,
+          ? `    let b${j} = ld_${o.b}(rb${j} + k)${sk};`
+          : `    let b${j} = ld_${o.b}(cb${j} + k * ${o.ldb})${sk};`,
     ),
   );
   for (let jv = 0; jv < nv; jv++) {

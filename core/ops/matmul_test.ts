@@ -312,15 +312,17 @@ Deno.test("gemmSum falls back to two GEMMs when operands need blocks", async () 
   );
 });
 
+// The fallback adapter's tiles, computing a C narrower than 8 × 16 columns as Cᵀ.
+const NARROW_CONFIG: GemmConfig = {
+  workgroupX: 8,
+  workgroupY: 1,
+  tileM: 16,
+  tileN: 16,
+  transposeNarrow: true,
+};
+
 Deno.test("narrow C computed as Cᵀ matches CPU with bias, alpha and beta", async () => {
-  const config: GemmConfig = {
-    workgroupX: 8,
-    workgroupY: 1,
-    tileM: 16,
-    tileN: 16,
-    transposeNarrow: true,
-  };
-  await withConfig(config, async () => {
+  await withConfig(NARROW_CONFIG, async () => {
     // Multiples of 4 (vec4 kernel) and not (scalar kernel); N below the 8 × 16 columns.
     for (const [m, n, k] of [[132, 20, 36], [65, 33, 17]] as const) {
       for (const transA of [false, true]) {
@@ -699,4 +701,173 @@ Deno.test("default config splits long K correctly", async () => {
     const err = maxError(await out.toArray(), reference(a, b, m, n, k, transA));
     assert.ok(err < 1e-4, `transA=${transA}: ${err}`);
   }
+});
+
+// C = alpha · op(A) · diag(sk) · op(B) · diag(sn) + bias + addend, and its scaled
+// copy Y = C ⊙ scale + bias2, through gemm against the CPU. Returns the larger
+// error of C and Y and the gemm dispatch labels.
+async function scaledGemmCase(
+  m: number,
+  n: number,
+  k: number,
+  transA: boolean,
+  transB: boolean,
+  dtype: DType,
+  withCopy: boolean,
+) {
+  const a = seededArray(m * k, 60);
+  const b = rounded(seededArray(k * n, 61), dtype);
+  const sk = rounded(seededArray(k, 62), dtype);
+  const sn = seededArray(n, 63);
+  const bias = seededArray(n, 64);
+  const addend = rounded(seededArray(m * n, 65), dtype);
+  const scale = seededArray(n, 66);
+  const bias2 = seededArray(n, 67);
+  const c = fromArray(seededArray(m * n, 68), [m, n]);
+  const y = empty([m, n]);
+  const labels = await gemmLabels(async () => {
+    gemm(
+      c,
+      fromArray(a, transA ? [k, m] : [m, k]),
+      fromArray(b, transB ? [n, k] : [k, n], { dtype }),
+      {
+        transA,
+        transB,
+        alpha: 0.5,
+        bias: fromArray(bias, [n]),
+        scaleK: fromArray(sk, [k], { dtype }),
+        scaleN: fromArray(sn, [n]),
+        addend: fromArray(addend, [m, n], { dtype }),
+        scaledCopy: withCopy
+          ? { out: y, scale: fromArray(scale, [n]), bias: fromArray(bias2, [n]) }
+          : undefined,
+      },
+    );
+    await gpu().sync();
+  });
+
+  // Scaling B's rows by sk on the CPU gives op(A) · diag(sk) · op(B).
+  const bs = b.map((v, i) => v * sk[transB ? i % k : Math.floor(i / n)]);
+  const ab = reference(a, bs, m, n, k, transA, transB);
+  const want = ab.map((v, i) => 0.5 * v * sn[i % n] + bias[i % n] + addend[i]);
+  let err = maxError(await c.toArray(), want);
+  if (withCopy) {
+    const wantY = want.map((v, i) => v * scale[i % n] + bias2[i % n]);
+    err = Math.max(err, maxError(await y.toArray(), wantY));
+  }
+  return { err, labels };
+}
+
+Deno.test("gemm scales K and N, adds an addend and writes a scaled copy", async () => {
+  const configs: [string, GemmConfig | null][] = [
+    ["auto", null],
+    ["gpu", GPU_CONFIG],
+    ["narrow", NARROW_CONFIG],
+    ...SPLIT_CONFIGS.map(([n, c]): [string, GemmConfig] => [`split-K ${n}`, c]),
+  ];
+  for (const [name, config] of configs) {
+    await withConfig(config, async () => {
+      // Multiples of 4 take the vec4 kernel, the others the scalar one; the
+      // long K splits under the split-K configurations.
+      for (const [m, n, k] of [[36, 20, 12], [7, 13, 5], [33, 20, 260]]) {
+        for (const transA of [false, true]) {
+          for (const transB of [false, true]) {
+            for (const dtype of ["f32", "bf16"] as const) {
+              const caseName = `${name} ${m}x${n}x${k} transA=${transA} transB=${transB} ${dtype}`;
+              const r = await scaledGemmCase(m, n, k, transA, transB, dtype, true);
+              assert.ok(r.err < 1e-5, `${caseName}: error ${r.err}`);
+              // The copy is fused unless K is split, which needs a sum pass.
+              const split = r.labels.some((l) => l.includes("split-K"));
+              if (name.startsWith("split-K") && k > 256) assert.ok(split, caseName);
+              assert.equal(r.labels.length, split ? 2 : 1, `${caseName}: ${r.labels.join("; ")}`);
+            }
+          }
+        }
+      }
+    });
+  }
+});
+
+Deno.test("gemm scaleK on a narrow C computed as Cᵀ", async () => {
+  await withConfig(NARROW_CONFIG, async () => {
+    for (const [m, n, k] of [[132, 20, 36], [65, 33, 17]] as const) {
+      for (const transB of [false, true]) {
+        const a = seededArray(m * k, 70);
+        const b = seededArray(k * n, 71);
+        const sk = seededArray(k, 72);
+        const c = empty([m, n]);
+        const labels = await gemmLabels(async () => {
+          gemm(c, fromArray(a, [m, k]), fromArray(b, transB ? [n, k] : [k, n]), {
+            transB,
+            scaleK: fromArray(sk, [k]),
+          });
+          await gpu().sync();
+        });
+        const name = `${m}x${n}x${k} transB=${transB}`;
+        assert.ok(labels.every((l) => l.includes("as Cᵀ")), `${name}: ${labels.join("; ")}`);
+        const as = a.map((v, i) => v * sk[i % k]);
+        const err = maxError(await c.toArray(), reference(as, b, m, n, k, false, transB));
+        assert.ok(err < 1e-5, `${name}: error ${err}`);
+      }
+    }
+  });
+});
+
+Deno.test("gemm scaleK, scaleN and addend across binding blocks", async () => {
+  // 1024-byte bindings split every operand into blocks along M, N and K; the
+  // scaled copy then runs as a second pass.
+  const r = await withBindingLimit(
+    1024,
+    () => scaledGemmCase(36, 20, 44, false, true, "f32", true),
+  );
+  assert.ok(r.err < 1e-5, `error ${r.err}`);
+  assert.ok(r.labels.length > 2, r.labels.join("; "));
+});
+
+Deno.test("gemmSum scales the first product's K", async () => {
+  const [m, n, k1, k2] = [36, 20, 12, 8];
+  for (const config of [null, GPU_CONFIG]) {
+    await withConfig(config, async () => {
+      const a1 = seededArray(m * k1, 80);
+      const b1 = seededArray(n * k1, 81);
+      const a2 = seededArray(m * k2, 82);
+      const b2 = seededArray(n * k2, 83);
+      const sk = seededArray(k1, 84);
+      const c = empty([m, n]);
+      const labels = await gemmLabels(async () => {
+        gemmSum(
+          c,
+          fromArray(a1, [m, k1]),
+          fromArray(b1, [n, k1]),
+          fromArray(a2, [m, k2]),
+          fromArray(b2, [n, k2]),
+          { transB: true, scaleK: fromArray(sk, [k1]) },
+        );
+        await gpu().sync();
+      });
+      assert.equal(labels.length, 1, labels.join("; "));
+      const p1 = reference(a1.map((v, i) => v * sk[i % k1]), b1, m, n, k1, false, true);
+      const p2 = reference(a2, b2, m, n, k2, false, true);
+      const err = maxError(await c.toArray(), p1.map((v, i) => v + p2[i]));
+      assert.ok(err < 1e-5, `${config ? "gpu" : "auto"}: error ${err}`);
+    });
+  }
+});
+
+Deno.test("gemm rejects mismatched scale vectors and an addend with beta", () => {
+  const a = fromArray(new Float32Array(12), [4, 3]);
+  const b = fromArray(new Float32Array(15), [3, 5]);
+  const c = empty([4, 5]);
+  assert.throws(
+    () => gemm(c, a, b, { scaleK: fromArray(new Float32Array(4), [4]) }),
+    /scaleK 4 does not have K = 3 elements/,
+  );
+  assert.throws(
+    () => gemm(c, a, b, { scaleN: fromArray(new Float32Array(4), [4]) }),
+    /scaleN 4 does not have N = 5 elements/,
+  );
+  assert.throws(
+    () => gemm(c, a, b, { addend: empty([4, 5]), beta: 1 }),
+    /pass beta 0, got 1/,
+  );
 });
