@@ -4,7 +4,7 @@
 
 import { leafGrad } from "../autograd.ts";
 import { type DType, empty, gpu, type Tensor } from "../tensor.ts";
-import { storage, uniforms, vecStorage, WG_2D, window } from "../wgsl.ts";
+import { storage, uniforms, vecStorage, window } from "../wgsl.ts";
 import { sumRows } from "./elementwise.ts";
 import { gridBlocks } from "./rows.ts";
 
@@ -37,8 +37,7 @@ function vec4Ok(cols: number, offsets: number[]): boolean {
 // scaleColumns' workgroups are 8 column vectors × 8 rows, so that a 128-column
 // tensor in vec4 (32 invocations per row) keeps every invocation busy. On
 // llvmpipe that ran 1.4× faster than 64 × 1 workgroups, which left half of
-// them past the last column. The backward keeps 64 × 1 because 8 × 8 was no
-// faster there.
+// them past the last column.
 const WG_X = 8;
 const WG_Y = 8;
 
@@ -94,15 +93,20 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   }
 }
 
-// Rows summed by one invocation of scaleColumnsBackward before writing a partial sum.
-const PARTIAL_ROWS = 64;
+// scaleColumnsBackward's workgroups are 8 column vectors × 8 row lanes. Each
+// lane walks every 8th row of a chunk of CHUNK_ROWS rows, and the 8 lanes add
+// their sums through workgroup memory in a fixed order. When one chunk covers
+// all rows (up to 512, as in a 8 × 64-token batch) that sum is final, which
+// saves a dispatch per diagonal on adapters where each costs tens of
+// microseconds. Longer inputs write one partial row per chunk and a sumRows
+// pass adds them in order.
+const CHUNK_ROWS = 512;
 
 /**
  * Backward of out = x ⊙ s (s broadcast over the rows of [R, C]) given the
  * upstream gradient g [R, C]: writes dx = g ⊙ s into `dx` (when not null) and
  * returns ds = Σ_rows g ⊙ x, or null when s needs no gradient or ds went into
- * s's leaf gradient (see leafGrad). Each invocation walks PARTIAL_ROWS rows of
- * its columns; a sumRows pass adds the partial sums in a fixed order.
+ * s's leaf gradient (see leafGrad).
  */
 export function scaleColumnsBackward(
   g: Tensor,
@@ -118,17 +122,24 @@ export function scaleColumnsBackward(
     const span = (t: Tensor) => window(t, blk.start * cols, blk.count * cols);
     return {
       count: blk.count,
-      groups: Math.ceil(blk.count / PARTIAL_ROWS),
+      groups: Math.ceil(blk.count / CHUNK_ROWS),
       wg: span(g),
       wdx: dx ? span(dx) : null,
       wx: wantDs ? span(x) : null,
     };
   });
-  const partial = wantDs
-    ? empty([blocks.reduce((sum, b) => sum + b.groups, 0), cols], { memoryClass: "scratch" })
-    : null;
+  const chunks = blocks.reduce((sum, b) => sum + b.groups, 0);
+  const leaf = wantDs ? leafGrad(s) : null;
+  // One chunk: the sums go straight into ds (added to the leaf gradient).
+  const direct = chunks === 1;
+  let ds: Tensor | null = null;
+  let sums: Tensor | null = null;
+  if (wantDs && direct) sums = leaf ?? (ds = empty([cols]));
+  else if (wantDs) sums = empty([chunks, cols], { memoryClass: "scratch" });
+  const wsums = sums ? window(sums, 0, sums.numel) : null;
   const vec = vec4Ok(cols, [
     ws.offset,
+    wsums?.offset ?? 0,
     ...blocks.flatMap((b) => [b.wg.offset, b.wdx?.offset ?? 0, b.wx?.offset ?? 0]),
   ]);
   const L = lanes(vec);
@@ -138,32 +149,43 @@ export function scaleColumnsBackward(
   if (dx) decls.push(L.input(2, "S", s.dtype), L.output(3, "Dx"));
   if (wantDs) {
     const k = dx ? 4 : 2;
-    decls.push(L.input(k, "X", x.dtype), L.output(k + 1, "Part"));
+    decls.push(L.input(k, "X", x.dtype), L.output(k + 1, "Sums"));
   }
+  const sumsAt = L.at(direct ? "p.osums + col" : "p.osums + wid.y * p.cols + col");
+  const reduce = `
+  red[lid.y * ${WG_X}u + lid.x] = acc;
+  workgroupBarrier();
+  if (lid.y == 0u && col < p.cols) {
+    var total = red[lid.x];
+    for (var j = 1u; j < ${WG_Y}u; j++) { total += red[j * ${WG_X}u + lid.x]; }
+    Sums[${sumsAt}] = total${direct && leaf ? ` + Sums[${sumsAt}]` : ""};
+  }`;
   const code = `
-struct P { rows: u32, cols: u32, og: u32, os: u32, odx: u32, ox: u32, opart: u32 }
+struct P { rows: u32, cols: u32, og: u32, os: u32, odx: u32, ox: u32, osums: u32 }
 @group(0) @binding(0) var<uniform> p: P;
 ${decls.join("\n")}
-@compute @workgroup_size(${WG_2D})
-fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-  let col = gid.x * ${L.width}u;
-  let r0 = gid.y * ${PARTIAL_ROWS}u;
-  if (col >= p.cols || r0 >= p.rows) { return; }
-  ${dx ? `let sc = ${L.ld}S(p.os + col);` : ""}
+${wantDs ? `var<workgroup> red: array<${L.type}, ${WG_X * WG_Y}>;` : ""}
+@compute @workgroup_size(${WG_X}, ${WG_Y})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+  let col = (wid.x * ${WG_X}u + lid.x) * ${L.width}u;
+  let r0 = wid.y * ${CHUNK_ROWS}u;
+  let rEnd = min(p.rows, r0 + ${CHUNK_ROWS}u);
   var acc = ${L.type}(0.0);
-  for (var r = r0; r < min(p.rows, r0 + ${PARTIAL_ROWS}u); r++) {
-    let i = r * p.cols + col;
-    let gi = ${L.ld}G(p.og + i);
-    ${dx ? `Dx[${L.at("p.odx + i")}] = gi * sc;` : ""}
-    ${wantDs ? `acc += gi * ${L.ld}X(p.ox + i);` : ""}
-  }
-  ${wantDs ? `Part[${L.at("p.opart + gid.y * p.cols + col")}] = acc;` : ""}
+  if (col < p.cols) {
+    ${dx ? `let sc = ${L.ld}S(p.os + col);` : ""}
+    for (var r = r0 + lid.y; r < rEnd; r += ${WG_Y}u) {
+      let i = r * p.cols + col;
+      let gi = ${L.ld}G(p.og + i);
+      ${dx ? `Dx[${L.at("p.odx + i")}] = gi * sc;` : ""}
+      ${wantDs ? `acc += gi * ${L.ld}X(p.ox + i);` : ""}
+    }
+  }${wantDs ? reduce : ""}
 }`;
-  let partRow = 0;
+  let chunk = 0;
   for (const blk of blocks) {
     const buffers: GPUBufferBinding[] = [blk.wg.binding];
     if (blk.wdx) buffers.push(ws.binding, blk.wdx.binding);
-    if (blk.wx) buffers.push(blk.wx.binding, { buffer: partial!.buffer });
+    if (blk.wx) buffers.push(blk.wx.binding, wsums!.binding);
     gpu().dispatch({
       label: `scaleColumnsBackward(${g.shapeString})`,
       code,
@@ -175,16 +197,15 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         ws.offset,
         blk.wdx ? blk.wdx.offset : 0,
         blk.wx ? blk.wx.offset : 0,
-        partRow * cols,
+        (wsums?.offset ?? 0) + (direct ? 0 : chunk * cols),
       ),
-      workgroups: [Math.ceil(cols / L.width / WG_2D), blk.groups],
+      workgroups: [Math.ceil(cols / L.width / WG_X), blk.groups],
     });
-    partRow += blk.groups;
+    chunk += blk.groups;
   }
 
-  if (!partial) return null;
-  const leaf = leafGrad(s);
-  const ds = sumRows(partial, cols, leaf ?? undefined);
-  partial.dispose();
-  return leaf ? null : ds;
+  if (!sums || direct) return ds;
+  const total = sumRows(sums, cols, leaf ?? undefined);
+  sums.dispose();
+  return leaf ? null : total;
 }
