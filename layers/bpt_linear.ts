@@ -1,23 +1,37 @@
 // Fused BPT linear: y = a ⊙ (W (b ⊙ x) + U (V (b ⊙ x))) (+ bias) as one
 // autograd node with a hand-written backward.
 //
-// Built from separate mul/linear/add ops, each wrapped linear kept about four
-// [N, n]-sized intermediates alive until backward. This op saves only
-// xb = b ⊙ x [N, m], t = xb Vᵀ [N, r] and z = xb Wᵀ + t Uᵀ [N, n]. One
-// kernel (gemmSum) sums both products into z and writes y = a ⊙ z + bias.
+// b ⊙ x is never stored: the GEMMs scale their inner dimension by b as they
+// load (scaleK), and dV = dtᵀ (b ⊙ x) scales its columns (scaleN). With
+// xb = b ⊙ x [N, m] and t = xb Vᵀ [N, r], z = xb Wᵀ + t Uᵀ [N, n] is either
+// one gemmSum, or, for enough rows, xb W_effᵀ with W_eff = W + U V [n, m]
+// merged for this step (see mergeWeights). One kernel writes z, which
+// backward needs, and y = a ⊙ z + bias.
 //
 // Backward, with dz = dy ⊙ a:
 //   da = Σ_rows dy ⊙ z     dbias = Σ_rows dy
 //   dU = dzᵀ t             dt = dz U
-//   dV = dtᵀ xb            dxb = dz W + dt V
+//   dV = dtᵀ xb            dxb = dz W + dt V = dz W_eff
 //   db = Σ_rows dxb ⊙ x    dx = dxb ⊙ b
 // Gradients of inputs that do not require one are skipped with their GEMMs.
 
 import { leafGrad, record } from "../core/autograd.ts";
 import { sumRows } from "../core/ops/elementwise.ts";
-import { gemm, gemmSum } from "../core/ops/matmul.ts";
-import { scaleColumns, scaleColumnsBackward } from "../core/ops/scale_columns.ts";
+import { gemm, type GemmOptions, gemmSum } from "../core/ops/matmul.ts";
+import { scaleColumnsBackward } from "../core/ops/scale_columns.ts";
 import { empty, ShapeError, type Tensor } from "../core/tensor.ts";
+
+/**
+ * Returns whether a BPT linear over `rows` input rows merges W_eff = W + U V
+ * for the step. The merge costs n·m·r multiply-adds and keeps an f32 [n, m]
+ * until backward. It saves the rank-r halves of z and dxb, rows·r·(n + m).
+ * With rows·(n + m) ≥ 2·n·m it saves at least twice what it costs, and the
+ * kept W_eff is at most half the size of z and x, which the op keeps anyway.
+ * qwen2.5-tiny at 512 tokens merges, and qwen2.5-0.5b at 64 does not.
+ */
+export function mergeWeights(rows: number, n: number, m: number): boolean {
+  return rows * (n + m) >= 2 * n * m;
+}
 
 /**
  * Computes the BPT linear for x [.., m], W [n, m], U [n, r], V [r, m],
@@ -33,24 +47,34 @@ export function bptLinear(
   bias?: Tensor,
 ): Tensor {
   const { rows, n, m, r } = checkShapes(x, w, u, v, a, b, bias);
+  const x2 = x.reshape([rows, m]);
 
-  const xb2 = empty([rows, m]);
-  scaleColumns(xb2, x.reshape([rows, m]), b);
+  let weff: Tensor | null = null;
+  if (mergeWeights(rows, n, m)) {
+    weff = empty([n, m]);
+    gemm(weff, u, v, { addend: w });
+  }
   const t = empty([rows, r]);
-  gemm(t, xb2, v, { transB: true });
+  gemm(t, x2, v, { transB: true, scaleK: b });
   const z = empty([rows, n]);
   const y = empty([...x.shape.slice(0, -1), n]);
-  gemmSum(z, xb2, w, t, u, { transB: true, scaledCopy: { out: y, scale: a, bias } });
+  const opts: GemmOptions = { transB: true, scaleK: b, scaledCopy: { out: y, scale: a, bias } };
+  if (weff) gemm(z, x2, weff, opts);
+  else gemmSum(z, x2, w, t, u, opts);
 
   const inputs = bias ? [x, w, u, v, a, b, bias] : [x, w, u, v, a, b];
   record("bptLinear", y, inputs, (dy) => {
     const dy2 = dy.reshape([rows, n]);
-    return bptLinearBackward({ x, w, u, v, a, b, bias, xb: xb2, t, z }, dy2, rows);
+    const grads = bptLinearBackward({ x: x2, w, u, v, a, b, bias, weff, t, z }, dy2);
+    if (grads[0]) grads[0] = grads[0].reshape([...x.shape]);
+    weff?.dispose();
+    return grads;
   });
   return y;
 }
 
 interface Saved {
+  /** The input as [N, m]. */
   x: Tensor;
   w: Tensor;
   u: Tensor;
@@ -58,8 +82,8 @@ interface Saved {
   a: Tensor;
   b: Tensor;
   bias?: Tensor;
-  /** b ⊙ x as [N, m]. */
-  xb: Tensor;
+  /** W + U V, when merged. */
+  weff: Tensor | null;
   /** xb Vᵀ, [N, r]. */
   t: Tensor;
   /** xb Wᵀ + t Uᵀ, [N, n]. */
@@ -67,15 +91,15 @@ interface Saved {
 }
 
 // Returns [dx, dW, dU, dV, da, db, dbias], null where the input needs no gradient
-// or where its leaf gradient was accumulated in place (see leafGrad).
+// or where its leaf gradient was accumulated in place (see leafGrad); dx is [N, m].
 // Runs inside `backward`, which records nothing, so the ops here are plain kernels.
-function bptLinearBackward(s: Saved, dy: Tensor, rows: number): (Tensor | null)[] {
-  const { x, w, u, v, a, b, bias, xb, t, z } = s;
+function bptLinearBackward(s: Saved, dy: Tensor): (Tensor | null)[] {
+  const { x, w, u, v, a, b, bias, weff, t, z } = s;
+  const [rows, m] = x.shape;
   const n = w.shape[0];
-  const m = w.shape[1];
   const r = u.shape[1];
   const needDxb = x.requiresGrad || b.requiresGrad;
-  const needDt = needDxb || v.requiresGrad;
+  const needDt = (needDxb && !weff) || v.requiresGrad;
 
   // dz = dy ⊙ a and da = Σ_rows dy ⊙ z in one pass over dy.
   const dz = empty([rows, n]);
@@ -87,23 +111,25 @@ function bptLinearBackward(s: Saved, dy: Tensor, rows: number): (Tensor | null)[
     else dbias = sumRows(dy, n);
   }
 
-  const dw = w.requiresGrad ? gemmGrad(w, [n, m], dz, xb, { transA: true }) : null;
+  // dW = dzᵀ xb and dV = dtᵀ xb scale the columns of dzᵀ x and dtᵀ x by b.
+  const dw = w.requiresGrad ? gemmGrad(w, [n, m], dz, x, { transA: true, scaleN: b }) : null;
   const du = u.requiresGrad ? gemmGrad(u, [n, r], dz, t, { transA: true }) : null;
   let dt: Tensor | null = null;
   if (needDt) {
     dt = empty([rows, r]);
     gemm(dt, dz, u);
   }
-  const dv = v.requiresGrad ? gemmGrad(v, [r, m], dt!, xb, { transA: true }) : null;
+  const dv = v.requiresGrad ? gemmGrad(v, [r, m], dt!, x, { transA: true, scaleN: b }) : null;
 
-  // dxb = dz W + dt V, then dx = dxb ⊙ b and db = Σ_rows dxb ⊙ x in one pass.
+  // dxb = dz W_eff (or dz W + dt V), then dx = dxb ⊙ b and db = Σ_rows dxb ⊙ x in one pass.
   let dx: Tensor | null = null;
   let db: Tensor | null = null;
   if (needDxb) {
     const dxb = empty([rows, m]);
-    gemmSum(dxb, dz, w, dt!, v);
-    if (x.requiresGrad) dx = empty([...x.shape]);
-    db = scaleColumnsBackward(dxb, x.reshape([rows, m]), b, dx?.reshape([rows, m]) ?? null);
+    if (weff) gemm(dxb, dz, weff);
+    else gemmSum(dxb, dz, w, dt!, v);
+    if (x.requiresGrad) dx = empty([rows, m]);
+    db = scaleColumnsBackward(dxb, x, b, dx);
     dxb.dispose();
   }
   dz.dispose();
@@ -118,7 +144,7 @@ function gemmGrad(
   shape: number[],
   a: Tensor,
   b: Tensor,
-  opts: { transA?: boolean },
+  opts: GemmOptions,
 ): Tensor | null {
   const leaf = leafGrad(param);
   if (leaf) {

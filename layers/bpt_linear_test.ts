@@ -3,8 +3,8 @@ import { backward, clearTape, noGrad, tapeLength } from "../core/autograd.ts";
 import { add, mul } from "../core/ops/elementwise.ts";
 import { linear } from "../core/ops/matmul.ts";
 import { fromArray, gpu, initGpu, scoped, type Tensor } from "../core/tensor.ts";
-import { assertClose, seededArray } from "../core/testing.ts";
-import { bptLinear } from "./bpt_linear.ts";
+import { assertClose, dispatchLabels, seededArray } from "../core/testing.ts";
+import { bptLinear, mergeWeights } from "./bpt_linear.ts";
 
 await initGpu();
 
@@ -82,8 +82,11 @@ const CASES: Case[] = [
   { xShape: [ROWS, M], bias: false, xGrad: false, wGrad: false },
   { xShape: [1, ROWS, M], bias: true, xGrad: true, wGrad: false },
   { xShape: [ROWS, M], bias: true, xGrad: true, wGrad: true },
-  // More rows than one invocation of the diagonal-gradient kernel sums.
+  // Enough rows to merge W + U V (see mergeWeights).
   { xShape: [3, 50, M], bias: true, xGrad: true, wGrad: false },
+  { xShape: [3, 50, M], bias: false, xGrad: false, wGrad: true },
+  // More rows than the diagonal-gradient kernel sums in one pass.
+  { xShape: [600, M], bias: true, xGrad: true, wGrad: false },
 ];
 
 Deno.test("bptLinear output and gradients match the unfused ops", async () => {
@@ -154,4 +157,28 @@ Deno.test("bptLinear rejects mismatched shapes", () => {
   const b = fromArray(new Float32Array(M), [M]);
   assert.throws(() => bptLinear(x, w, u, vWrong, a, b), /bptLinear: shapes do not match/);
   for (const t of [x, w, u, vWrong, a, b]) t.dispose();
+});
+
+Deno.test("bptLinear merges W + U V only for enough rows", async () => {
+  // rows · (n + m) against 2 · n · m = 216: 7 rows stay unmerged, 150 merge.
+  assert.equal(mergeWeights(ROWS, N, M), false);
+  assert.equal(mergeWeights(150, N, M), true);
+  assert.equal(mergeWeights(64, 896, 896), false);
+  assert.equal(mergeWeights(512, 128, 128), true);
+  for (const rows of [ROWS, 150]) {
+    const c: Case = { xShape: [rows, M], bias: true, xGrad: true, wGrad: false };
+    const t = leaves(c);
+    const labels = await dispatchLabels(() => {
+      scoped(() => {
+        backward(fused(t));
+      });
+    });
+    // The merge is U [N, R] @ V [R, M], in forward only.
+    const merges = labels.filter((l) => l.startsWith(`gemm(${N}x${R} @ ${R}x${M}`));
+    assert.equal(merges.length, rows === ROWS ? 0 : 1, labels.join("; "));
+    for (const leaf of t) {
+      leaf.grad?.dispose();
+      leaf.dispose();
+    }
+  }
 });
