@@ -1,7 +1,7 @@
 // Global gradient-norm clipping computed on the GPU.
 //
-// The norm never leaves the GPU during a step. One kernel per gradient (per
-// binding window) writes partial sums of squares. One workgroup adds the
+// The norm never leaves the GPU during a step. Kernels over batches of up to
+// 16 gradients (binding windows) write partial sums of squares. One workgroup adds the
 // partials and writes the norm and the factor min(1, maxNorm / (norm + 1e-6)),
 // as torch.nn.utils.clip_grad_norm_ computes it. AdamW multiplies every
 // gradient by that factor as it reads it. Reading the norm for logging costs
@@ -22,31 +22,53 @@ const TREE_REDUCE = `
     workgroupBarrier();
   }`;
 
-function partialCode(dtype: Tensor["dtype"]): string {
+// Partial sums of squares over a batch of gradient windows, one binding each.
+// Workgroup g of the dispatch belongs to the last job whose `first` is ≤ g.
+// The switch on that job's index is uniform across a workgroup.
+function partialCode(dtypes: readonly Tensor["dtype"][]): string {
+  const cases = dtypes.map((_, j) => `
+    case ${j}u: {
+      for (var k = 0u; k < ${CHUNK / WG}u; k++) {
+        let i = start + k * ${WG}u + lid.x;
+        if (i < job.n) {
+          let x = ld_G${j}(job.o + i);
+          s += x * x;
+        }
+      }
+    }`).join("");
   return `
-struct P { n: u32, o: u32, out: u32, groups: u32 }
+struct Job { n: u32, o: u32, out: u32, first: u32 }
+struct P { count: u32, groups: u32, pad0: u32, pad1: u32, jobs: array<Job, ${dtypes.length}> }
 @group(0) @binding(0) var<uniform> p: P;
-${storage(1, "G", dtype)}
-@group(0) @binding(2) var<storage, read_write> PART: array<f32>;
+${dtypes.map((dtype, j) => storage(j + 1, `G${j}`, dtype)).join("\n")}
+@group(0) @binding(${dtypes.length + 1}) var<storage, read_write> PART: array<f32>;
 var<workgroup> sh: array<f32, ${WG}>;
 @compute @workgroup_size(${WG})
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
         @builtin(num_workgroups) nwg: vec3<u32>) {
   let group = wid.x + wid.y * nwg.x;
   if (group >= p.groups) { return; }
-  let start = group * ${CHUNK}u;
+  var j = 0u;
+  for (var q = 1u; q < p.count; q++) {
+    if (group >= p.jobs[q].first) { j = q; }
+  }
+  let job = p.jobs[j];
+  let start = (group - job.first) * ${CHUNK}u;
   var s = 0.0;
-  for (var k = 0u; k < ${CHUNK / WG}u; k++) {
-    let i = start + k * ${WG}u + lid.x;
-    if (i < p.n) {
-      let x = ld_G(p.o + i);
-      s += x * x;
-    }
+  switch j {${cases}
+    default: {}
   }
   ${TREE_REDUCE}
-  if (lid.x == 0u) { PART[p.out + group] = sh[0]; }
+  if (lid.x == 0u) { PART[job.out + group - job.first] = sh[0]; }
 }`;
 }
+
+// Gradient windows summed by one partial dispatch: one binding each, plus the
+// partial sums. Each dispatch costs tens of microseconds on llvmpipe, and BPT
+// has four small tensors per wrapped linear.
+const MAX_BATCH = 16;
+
+const partialKernels = new Map<string, string>();
 
 const FINAL_CODE = `
 struct P { count: u32, maxNorm: f32 }
@@ -122,15 +144,39 @@ export class GradNormClip {
     }
     const partials = this.#partialBuffer(Math.max(1, slots));
 
-    for (const job of jobs) {
-      const w = window(job.t, job.start, job.n);
-      const x = Math.min(job.groups, maxX);
+    const batch = Math.max(1, Math.min(MAX_BATCH, g.limits.maxStorageBuffersPerShaderStage - 1));
+    for (let b = 0; b < jobs.length; b += batch) {
+      const list = jobs.slice(b, b + batch);
+      const fields: number[] = [list.length, 0, 0, 0];
+      const buffers: GPUBufferBinding[] = [];
+      let groups = 0;
+      for (const job of list) {
+        const w = window(job.t, job.start, job.n);
+        buffers.push(w.binding);
+        fields.push(job.n, w.offset, job.out, groups);
+        groups += job.groups;
+      }
+      fields[1] = groups;
+      buffers.push({ buffer: partials.buffer });
+      const dtypes = list.map((job) => job.t.dtype);
+      const key = dtypes.join();
+      let code = partialKernels.get(key);
+      if (!code) {
+        code = partialCode(dtypes);
+        partialKernels.set(key, code);
+      }
+      const x = Math.min(groups, maxX);
+      const names = list.map((job) => job.t.name || job.t.shapeString);
       g.dispatch({
-        label: `gradNorm.partial(${job.t.name || job.t.shapeString}, ${job.n})`,
-        code: partialCode(job.t.dtype),
-        buffers: [w.binding, partials.buffer],
-        uniforms: uniforms(job.n, w.offset, job.out, job.groups),
-        workgroups: [x, Math.ceil(job.groups / x)],
+        label: `gradNorm.partial(${
+          names.length > 3
+            ? `${names.slice(0, 3).join(", ")} and ${names.length - 3} more`
+            : names.join(", ")
+        })`,
+        code,
+        buffers,
+        uniforms: uniforms(...fields),
+        workgroups: [x, Math.ceil(groups / x)],
       });
     }
 

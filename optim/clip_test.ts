@@ -56,8 +56,10 @@ Deno.test("grad norm across binding windows", async () => {
     const clip = new GradNormClip(1.0);
     const before = g.dispatchCount;
     clip.computeScale([fromArray(f, [5001]), fromArray(b, [4001], { dtype: "bf16" })]);
-    // f32: 958 elements per window → 6 windows; bf16: 1918 → 3 windows; one final reduce.
-    assert.equal(g.dispatchCount - before, 6 + 3 + 1);
+    // f32: 958 elements per window → 6 windows; bf16: 1918 → 3 windows. The 9 windows
+    // take one partial dispatch per batch, then one final reduce.
+    const batch = Math.min(16, g.limits.maxStorageBuffersPerShaderStage - 1);
+    assert.equal(g.dispatchCount - before, Math.ceil(9 / batch) + 1);
     const norm = cpuNorm([f, Float32Array.from(b, (w) => bf16ToF32(w))]);
     assert.ok(
       Math.abs((await clip.norm()) - norm) <= 1e-5 * norm,
@@ -67,4 +69,35 @@ Deno.test("grad norm across binding windows", async () => {
   } finally {
     g.bindingLimit = saved;
   }
+});
+
+Deno.test("grad norm over more gradients than one dispatch binds", async () => {
+  // 40 gradients of 1 to 5000 elements, every third in bf16: several batches,
+  // and jobs of one to three workgroups within each.
+  const data: Float32Array[] = [];
+  const grads = [];
+  for (let i = 0; i < 40; i++) {
+    const n = [1, 7, 2048, 2049, 5000][i % 5];
+    const values = seededArray(n, 100 + i);
+    if (i % 3 === 2) {
+      const words = Uint16Array.from(values, (x) => f32ToBf16(x));
+      data.push(Float32Array.from(words, (w) => bf16ToF32(w)));
+      grads.push(fromArray(words, [n], { dtype: "bf16" }));
+    } else {
+      data.push(values);
+      grads.push(fromArray(values, [n]));
+    }
+  }
+  const g = gpu();
+  const clip = new GradNormClip(1.0);
+  const before = g.dispatchCount;
+  clip.computeScale(grads);
+  const batch = Math.min(16, g.limits.maxStorageBuffersPerShaderStage - 1);
+  assert.equal(g.dispatchCount - before, Math.ceil(40 / batch) + 1);
+  const norm = cpuNorm(data);
+  assert.ok(
+    Math.abs((await clip.norm()) - norm) <= 1e-5 * norm,
+    `norm ${await clip.norm()} vs ${norm}`,
+  );
+  clip.dispose();
 });
