@@ -1,9 +1,10 @@
 // Global gradient-norm clipping computed on the GPU.
 //
 // The norm never leaves the GPU during a step. Kernels over batches of up to
-// 16 gradients (binding windows) write partial sums of squares. One workgroup adds the
-// partials and writes the norm and the factor min(1, maxNorm / (norm + 1e-6)),
-// as torch.nn.utils.clip_grad_norm_ computes it. AdamW multiplies every
+// 16 small gradients (binding windows), or over one large one, write partial
+// sums of squares. One workgroup adds the partials and writes the norm and
+// the factor min(1, maxNorm / (norm + 1e-6)), as
+// torch.nn.utils.clip_grad_norm_ computes it. AdamW multiplies every
 // gradient by that factor as it reads it. Reading the norm for logging costs
 // one readback.
 
@@ -24,18 +25,24 @@ const TREE_REDUCE = `
 
 // Partial sums of squares over a batch of gradient windows, one binding each.
 // Workgroup g of the dispatch belongs to the last job whose `first` is ≤ g.
-// The switch on that job's index is uniform across a workgroup.
+// The switch on that job's index is uniform across a workgroup, yet llvmpipe
+// ran batches of 16 about 3× slower per element than single gradients, as if
+// it ran every case. So only windows of up to SMALL elements share a kernel.
 function partialCode(dtypes: readonly Tensor["dtype"][]): string {
-  const cases = dtypes.map((_, j) => `
-    case ${j}u: {
+  const sum = (j: number) => `
       for (var k = 0u; k < ${CHUNK / WG}u; k++) {
         let i = start + k * ${WG}u + lid.x;
         if (i < job.n) {
           let x = ld_G${j}(job.o + i);
           s += x * x;
         }
-      }
+      }`;
+  const cases = dtypes.map((_, j) => `
+    case ${j}u: {${sum(j)}
     }`).join("");
+  const body = dtypes.length === 1 ? sum(0) : `switch j {${cases}
+    default: {}
+  }`;
   return `
 struct Job { n: u32, o: u32, out: u32, first: u32 }
 struct P { count: u32, groups: u32, pad0: u32, pad1: u32, jobs: array<Job, ${dtypes.length}> }
@@ -55,9 +62,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
   let job = p.jobs[j];
   let start = (group - job.first) * ${CHUNK}u;
   var s = 0.0;
-  switch j {${cases}
-    default: {}
-  }
+  ${body}
   ${TREE_REDUCE}
   if (lid.x == 0u) { PART[job.out + group - job.first] = sh[0]; }
 }`;
@@ -65,8 +70,10 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
 
 // Gradient windows summed by one partial dispatch: one binding each, plus the
 // partial sums. Each dispatch costs tens of microseconds on llvmpipe, and BPT
-// has four small tensors per wrapped linear.
+// has four small tensors per wrapped linear. Windows of more than SMALL
+// elements run alone.
 const MAX_BATCH = 16;
+const SMALL = 4096;
 
 const partialKernels = new Map<string, string>();
 
@@ -144,9 +151,26 @@ export class GradNormClip {
     }
     const partials = this.#partialBuffer(Math.max(1, slots));
 
-    const batch = Math.max(1, Math.min(MAX_BATCH, g.limits.maxStorageBuffersPerShaderStage - 1));
-    for (let b = 0; b < jobs.length; b += batch) {
-      const list = jobs.slice(b, b + batch);
+    const batchSize = Math.max(
+      1,
+      Math.min(MAX_BATCH, g.limits.maxStorageBuffersPerShaderStage - 1),
+    );
+    const batches: (typeof jobs)[] = [];
+    let small: typeof jobs = [];
+    for (const job of jobs) {
+      if (job.n > SMALL) {
+        batches.push([job]);
+        continue;
+      }
+      small.push(job);
+      if (small.length === batchSize) {
+        batches.push(small);
+        small = [];
+      }
+    }
+    if (small.length > 0) batches.push(small);
+
+    for (const list of batches) {
       const fields: number[] = [list.length, 0, 0, 0];
       const buffers: GPUBufferBinding[] = [];
       let groups = 0;

@@ -72,12 +72,12 @@ Deno.test("grad norm across binding windows", async () => {
 });
 
 Deno.test("grad norm over more gradients than one dispatch binds", async () => {
-  // 40 gradients of 1 to 5000 elements, every third in bf16: several batches,
-  // and jobs of one to three workgroups within each.
+  // 40 gradients of 1 to 4096 elements, every third in bf16: several batches,
+  // and jobs of one or two workgroups within each.
   const data: Float32Array[] = [];
   const grads = [];
   for (let i = 0; i < 40; i++) {
-    const n = [1, 7, 2048, 2049, 5000][i % 5];
+    const n = [1, 7, 2048, 2049, 4096][i % 5];
     const values = seededArray(n, 100 + i);
     if (i % 3 === 2) {
       const words = Uint16Array.from(values, (x) => f32ToBf16(x));
@@ -99,5 +99,23 @@ Deno.test("grad norm over more gradients than one dispatch binds", async () => {
     Math.abs((await clip.norm()) - norm) <= 1e-5 * norm,
     `norm ${await clip.norm()} vs ${norm}`,
   );
+  clip.dispose();
+});
+
+Deno.test("grad norm gives a large gradient its own dispatch", async () => {
+  // 70,000 elements are above the batching limit of 4096; the three small ones share one.
+  const data = [
+    seededArray(5, 200),
+    seededArray(70000, 201),
+    seededArray(9, 202),
+    seededArray(3, 203),
+  ];
+  const g = gpu();
+  const clip = new GradNormClip(1.0);
+  const before = g.dispatchCount;
+  clip.computeScale(data.map((d) => fromArray(d, [d.length])));
+  assert.equal(g.dispatchCount - before, 1 + 1 + 1);
+  const norm = cpuNorm(data);
+  assert.ok(Math.abs((await clip.norm()) - norm) <= 1e-5 * norm, `norm ${await clip.norm()}`);
   clip.dispose();
 });
