@@ -9,6 +9,9 @@
 // - BPT, y = a ⊙ (W (b ⊙ x) + U (V (b ⊙ x))): the factors add 2·N·r·m (V) and 2·N·n·r (U)
 //   forward, and twice that backward (input gradients plus the gradients of U and V). The
 //   diagonals cost N·(n + m) forward and 2·N·(n + m) backward (input and diagonal gradient).
+//   Where the linear merges W + U V for the forward pass (mergeWeights: M tokens per pass
+//   with M·(n + m) ≥ 2·n·m), the merge costs 2·n·r·m per pass, and U's forward product and
+//   V's input-gradient product, 2·N·r·(n + m), are not done.
 // - LoRA and ReLoRA: the same factor matmuls without diagonals. The α/r scaling is an
 //   elementwise op and is not counted.
 // - HyperAdapt: W's forward and input gradient plus the diagonals.
@@ -19,10 +22,11 @@
 // - LM head: 2·N·C·V forward, input and weight gradient backward; the embedding always
 //   trains, tied or not.
 // - Not counted: norms, RoPE, SwiGLU, softmax, residual adds, biases, the embedding lookup
-//   and its scatter-add gradient, the loss, the AdamW update, and the BPT and ReLoRA merges
+//   and its scatter-add gradient, the loss, the AdamW update, and the periodic BPT and ReLoRA merges
 //   (2·n·r·m per wrapped linear once per merge interval).
 
 import type { ModelConfig } from "../layers/config.ts";
+import { mergeWeights } from "../layers/bpt_linear.ts";
 import { linearShapes, type Method, validateRank, wrapsLinear } from "../layers/params.ts";
 
 /** FLOPs of one part of the model in one step. */
@@ -51,9 +55,10 @@ export interface StepFlops {
 
 /**
  * Counts the FLOPs of one optimizer step of `cfg` trained with `method` over `tokens` tokens
- * in sequences of `seqLen`, so tokens = batch · grad-accum · seqLen. Throws RangeError for
- * counts that are not positive integers or a `tokens` that is not a multiple of `seqLen`,
- * and ParamsError for an invalid rank.
+ * in sequences of `seqLen`, so tokens = batch · grad-accum · seqLen, of which each forward
+ * pass takes `passTokens` = batch · seqLen (default `tokens`). Throws RangeError for
+ * counts that are not positive integers or a `tokens` that is not a multiple of `seqLen`
+ * and `passTokens`, and ParamsError for an invalid rank.
  */
 export function stepFlops(
   cfg: ModelConfig,
@@ -61,17 +66,20 @@ export function stepFlops(
   rank: number,
   tokens: number,
   seqLen: number,
+  passTokens = tokens,
 ): StepFlops {
-  for (const [name, value] of [["tokens", tokens], ["seqLen", seqLen]] as const) {
+  const counts = [["tokens", tokens], ["seqLen", seqLen], ["passTokens", passTokens]] as const;
+  for (const [name, value] of counts) {
     if (!Number.isSafeInteger(value) || value < 1) {
       throw new RangeError(`${name} ${value} is invalid: use a positive integer`);
     }
   }
-  if (tokens % seqLen !== 0) {
+  if (tokens % seqLen !== 0 || tokens % passTokens !== 0) {
     throw new RangeError(
-      `tokens ${tokens} is not a multiple of seqLen ${seqLen}: pass whole sequences`,
+      `tokens ${tokens} is not a multiple of seqLen ${seqLen} and passTokens ${passTokens}: pass whole sequences and passes`,
     );
   }
+  const passes = tokens / passTokens;
   validateRank(cfg, method, rank);
 
   const N = tokens;
@@ -86,8 +94,11 @@ export function stepFlops(
     dense.backward += wrapped ? matmul : 2 * matmul;
     if (!wrapped) continue;
 
-    if (method === "bpt" || method === "lora" || method === "relora") {
-      const factors = 2 * N * rank * (n + m);
+    const factors = 2 * N * rank * (n + m);
+    if (method === "bpt" && mergeWeights(passTokens, n, m)) {
+      adapters.forward += 2 * N * rank * m + passes * 2 * n * rank * m;
+      adapters.backward += 2 * N * rank * (2 * n + m);
+    } else if (method === "bpt" || method === "lora" || method === "relora") {
       adapters.forward += factors;
       adapters.backward += 2 * factors;
     }

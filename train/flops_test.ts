@@ -68,6 +68,21 @@ Deno.test("stepFlops bpt leaves k and v full", () => {
   assert.equal(f.total, 28560);
 });
 
+Deno.test("stepFlops bpt with merged W + U V", () => {
+  // 48 tokens in 2 passes of 24: 24 · (n + m) ≥ 2 · n · m for q, o (384 ≥ 128), gate, up
+  // (576 ≥ 256) and down, so each merges once per pass; k and v stay Full at rank 2.
+  // Forward per linear: 2 · N · r · m + 2 passes · 2 · n · r · m = 192·m + 8·n·m:
+  //   q and o 1536 + 512 = 2048, gate and up 1536 + 1024 = 2560, down 3072 + 1024 = 4096.
+  // Backward per linear: 2 · N · r · (2n + m) = 192 · (2n + m):
+  //   q and o 4608, gate and up 7680, down 6144.
+  const f = stepFlops(ONE_LAYER, "bpt", 2, 48, SEQ_LEN, 24);
+  assert.deepEqual(f.byPart.adapters, { forward: 13312, backward: 30720 });
+  // With the whole step in one pass of 48 tokens the merges run once.
+  const one = stepFlops(ONE_LAYER, "bpt", 2, 48, SEQ_LEN);
+  assert.equal(one.byPart.adapters.forward, 13312 - (512 * 2 + 1024 * 3) / 2);
+  assert.throws(() => stepFlops(ONE_LAYER, "bpt", 2, 48, SEQ_LEN, 30), RangeError);
+});
+
 Deno.test("stepFlops lora and relora", () => {
   // Rank 2: LoRA trains 2(n + m) < n·m for all seven linears (k and v: 24 < 32).
   // Sum of n + m: 16 + 12 + 12 + 16 + 24 + 24 + 24 = 128.

@@ -124,7 +124,14 @@ export async function runTraining(
   }
 
   const counts = countParams(config, opts.method, opts.rank);
-  const flops = stepFlops(config, opts.method, opts.rank, trainer.tokensPerStep, opts.seqLen);
+  const flops = stepFlops(
+    config,
+    opts.method,
+    opts.rank,
+    trainer.tokensPerStep,
+    opts.seqLen,
+    opts.batch * opts.seqLen,
+  );
   const [ceiling, ceilingSource] = await gemmCeiling(gpu().description);
   const g = gpu();
 
