@@ -9,9 +9,9 @@
 // - BPT, y = a ⊙ (W (b ⊙ x) + U (V (b ⊙ x))): the factors add 2·N·r·m (V) and 2·N·n·r (U)
 //   forward, and twice that backward (input gradients plus the gradients of U and V). The
 //   diagonals cost N·(n + m) forward and 2·N·(n + m) backward (input and diagonal gradient).
-//   Where the linear merges W + U V for the forward pass (mergeWeights: M tokens per pass
-//   with M·(n + m) ≥ 2·n·m), the merge costs 2·n·r·m per pass, and U's forward product and
-//   V's input-gradient product, 2·N·r·(n + m), are not done.
+//   A linear merges W + U V for each forward pass of M tokens where M·(n + m) ≥ 2·n·m
+//   (mergeWeights). The merge costs 2·n·r·m per pass. In exchange, U's forward product and
+//   V's input-gradient product, 2·N·r·(n + m) together, are not done.
 // - LoRA and ReLoRA: the same factor matmuls without diagonals. The α/r scaling is an
 //   elementwise op and is not counted.
 // - HyperAdapt: W's forward and input gradient plus the diagonals.
