@@ -283,16 +283,10 @@ export function gemm(c: Tensor, a: Tensor, b: Tensor, opts: GemmOptions = {}): v
   if (copy && batch === 1 && oneKernel(p, run, copy)) run.scaledCopy = copyWindows(copy, n, m * n);
   if (!reduce || batch === 1) {
     dispatchBatches(run, p, 0, batch, beta, true);
-    if (copy && !run.scaledCopy) {
-      const rows = c.numel / Math.max(n, 1);
-      scaleColumns(copy.out.reshape([rows, n]), c.reshape([rows, n]), copy.scale, copy.bias);
-    }
-    return;
-  }
-
-  // Summing over the batch. When both operands are stored with K as their
-  // row dimension, the batch folds into K: [batch·K, M]ᵀ @ [batch·K, N].
-  if (transA && !transB && aBatched && bBatched) {
+  } else if (transA && !transB && aBatched && bBatched && !run.scaleK) {
+    // Summing over the batch. When both operands are stored with K as their
+    // row dimension, the batch folds into K: [batch·K, M]ᵀ @ [batch·K, N].
+    // A scaleK of K elements would not cover the folded K.
     dispatchBatches(
       run,
       { ...p, batch: 1, k: batch * k, strideA: 0, strideB: 0 },
@@ -301,10 +295,14 @@ export function gemm(c: Tensor, a: Tensor, b: Tensor, opts: GemmOptions = {}): v
       beta,
       true,
     );
-    return;
+  } else {
+    for (let z = 0; z < batch; z++) {
+      dispatchBatches(run, { ...p, strideC: 0 }, z, 1, z === 0 ? beta : 1, z === 0);
+    }
   }
-  for (let z = 0; z < batch; z++) {
-    dispatchBatches(run, { ...p, strideC: 0 }, z, 1, z === 0 ? beta : 1, z === 0);
+  if (copy && !run.scaledCopy) {
+    const rows = c.numel / Math.max(n, 1);
+    scaleColumns(copy.out.reshape([rows, n]), c.reshape([rows, n]), copy.scale, copy.bias);
   }
 }
 

@@ -871,3 +871,28 @@ Deno.test("gemm rejects mismatched scale vectors and an addend with beta", () =>
     /pass beta 0, got 1/,
   );
 });
+
+Deno.test("gemm scaleK and scaled copy summed over the batch", async () => {
+  // A [2, k, m] and B [2, k, n] summed into C [m, n]: the path that would fold the batch into K.
+  const [batch, m, n, k] = [2, 12, 8, 20];
+  const a = seededArray(batch * k * m, 90);
+  const b = seededArray(batch * k * n, 91);
+  const sk = seededArray(k, 92);
+  const scale = seededArray(n, 93);
+  const c = empty([m, n]);
+  const y = empty([m, n]);
+  gemm(c, fromArray(a, [batch, k, m]), fromArray(b, [batch, k, n]), {
+    transA: true,
+    scaleK: fromArray(sk, [k]),
+    scaledCopy: { out: y, scale: fromArray(scale, [n]) },
+  });
+  const want = new Float64Array(m * n);
+  for (let z = 0; z < batch; z++) {
+    const az = a.subarray(z * k * m, (z + 1) * k * m);
+    const bz = b.subarray(z * k * n, (z + 1) * k * n).map((v, i) => v * sk[Math.floor(i / n)]);
+    reference(az, bz, m, n, k, true).forEach((v, i) => (want[i] += v));
+  }
+  assert.ok(maxError(await c.toArray(), want) < 1e-5, "C");
+  const wantY = want.map((v, i) => v * scale[i % n]);
+  assert.ok(maxError(await y.toArray(), wantY) < 1e-5, "scaled copy");
+});
