@@ -5,7 +5,7 @@
 // load (scaleK), and dV = dtᵀ (b ⊙ x) scales its columns (scaleN). With
 // xb = b ⊙ x [N, m] and t = xb Vᵀ [N, r], z = xb Wᵀ + t Uᵀ [N, n] is either
 // one gemmSum, or, for enough rows, xb W_effᵀ with W_eff = W + U V [n, m]
-// merged for this step (see mergeWeights). One kernel writes z, which
+// merged for this forward pass (see mergeWeights). One kernel writes z, which
 // backward needs, and y = a ⊙ z + bias.
 //
 // Backward, with dz = dy ⊙ a:
@@ -23,7 +23,7 @@ import { empty, ShapeError, type Tensor } from "../core/tensor.ts";
 
 /**
  * Returns whether a BPT linear over `rows` input rows merges W_eff = W + U V
- * for the step. The merge costs n·m·r multiply-adds and keeps an f32 [n, m]
+ * for its forward pass. The merge costs n·m·r multiply-adds and keeps an f32 [n, m]
  * until backward. It saves the rank-r halves of z and dxb, rows·r·(n + m).
  * With rows·(n + m) ≥ 2·n·m it saves at least twice what it costs, and the
  * kept W_eff is at most half the size of z and x, which the op keeps anyway.

@@ -69,8 +69,8 @@ Deno.test("stepFlops bpt leaves k and v full", () => {
 });
 
 Deno.test("stepFlops bpt with merged W + U V", () => {
-  // 48 tokens in 2 passes of 24: 24 · (n + m) ≥ 2 · n · m for q, o (384 ≥ 128), gate, up
-  // (576 ≥ 256) and down, so each merges once per pass; k and v stay Full at rank 2.
+  // 48 tokens in 2 passes of 24. 24 · (n + m) ≥ 2 · n · m holds for q, o (384 ≥ 128), gate,
+  // up (576 ≥ 256) and down, so each merges once per pass. k and v stay Full at rank 2.
   // Forward per linear: 2 · N · r · m + 2 passes · 2 · n · r · m = 192·m + 8·n·m:
   //   q and o 1536 + 512 = 2048, gate and up 1536 + 1024 = 2560, down 3072 + 1024 = 4096.
   // Backward per linear: 2 · N · r · (2n + m) = 192 · (2n + m):
@@ -78,8 +78,8 @@ Deno.test("stepFlops bpt with merged W + U V", () => {
   const f = stepFlops(ONE_LAYER, "bpt", 2, 48, SEQ_LEN, 24);
   assert.deepEqual(f.byPart.adapters, { forward: 13312, backward: 30720 });
   // With the whole step in one pass of 48 tokens the merges run once.
-  const one = stepFlops(ONE_LAYER, "bpt", 2, 48, SEQ_LEN);
-  assert.equal(one.byPart.adapters.forward, 13312 - (512 * 2 + 1024 * 3) / 2);
+  const onePass = stepFlops(ONE_LAYER, "bpt", 2, 48, SEQ_LEN);
+  assert.equal(onePass.byPart.adapters.forward, 13312 - (512 * 2 + 1024 * 3) / 2);
   assert.throws(() => stepFlops(ONE_LAYER, "bpt", 2, 48, SEQ_LEN, 30), RangeError);
 });
 

@@ -366,7 +366,7 @@ function oneKernel(p: Problem, run: Run, copy: GemmOptions["scaledCopy"]): boole
       (second.a <= windowElements(run.second!.a.dtype) &&
         second.b <= windowElements(run.second!.b.dtype)));
   const kb = p.k + (run.second?.k ?? 0);
-  const blk = { mb: p.m, nb: p.n, kb } as Block;
+  const blk = { mb: p.m, nb: p.n, kb };
   let bindings = 3 + [run.bias, run.scaleK, run.scaleN, run.addend].filter((t) => t).length;
   if (run.second) bindings += 2;
   if (copy) bindings += copy.bias ? 3 : 2;
@@ -742,7 +742,7 @@ function extraWindows(run: Run, blk: Block, p: Problem, originC: number) {
 // Number of split-K slices for a single (unbatched) block: enough to give
 // `splitKWorkgroups` workgroups, each slice at least `splitKMinK` long, and
 // all partial sums within one binding.
-function splitKSlices(cfg: GemmConfig, blk: Block): number {
+function splitKSlices(cfg: GemmConfig, blk: Pick<Block, "mb" | "nb" | "kb">): number {
   const target = cfg.splitKWorkgroups ?? 0;
   const minK = cfg.splitKMinK ?? 256;
   if (target <= 0 || blk.kb < 2 * minK) return 1;
