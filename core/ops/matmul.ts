@@ -1,8 +1,8 @@
 // GEMM: C = alpha · op(A) · op(B) + beta · C (+ bias), the hot path of
 // training, plus the `matmul` and `linear` ops built on it. Options fold
 // BPT's diagonals into the GEMMs. scaleK scales the inner dimension as B is
-// loaded. scaleN scales C's columns, and scaledCopy writes a column-scaled
-// copy of C next to it. addend adds a matrix to the product, for W + U V.
+// loaded. scaleM and scaleN scale C's rows and columns, and scaledCopy writes
+// a column-scaled copy of C next to it. addend adds a matrix to the product, for W + U V.
 //
 // Register-tiled kernels: each invocation accumulates a tileM × tileN block
 // of C in registers and reads A and B straight from storage, four k at a time
@@ -139,6 +139,8 @@ export interface GemmOptions {
    * BPT's b ⊙ x never has to be stored. In `gemmSum` it scales the first product only.
    */
   scaleK?: Tensor;
+  /** A length-M vector s scaling the product's rows: alpha · diag(s) · op(A) · op(B). */
+  scaleM?: Tensor;
   /** A length-N vector s scaling the product's columns: alpha · op(A) · op(B) · diag(s). */
   scaleN?: Tensor;
   /** A tensor of C's shape, of any dtype, added to the product; needs beta 0. */
@@ -149,6 +151,11 @@ export interface GemmOptions {
    * else in a second pass.
    */
   scaledCopy?: { out: Tensor; scale: Tensor; bias?: Tensor };
+  /**
+   * The product's role, such as "linear.dW", shown in its dispatch labels as
+   * gemm[tag](..), so that profiles can group GEMMs by role.
+   */
+  tag?: string;
 }
 
 // One GEMM problem in element units. A batched operand advances by its stride
@@ -247,7 +254,7 @@ export function gemm(c: Tensor, a: Tensor, b: Tensor, opts: GemmOptions = {}): v
     throw new ShapeError(`gemm: bias ${opts.bias.shapeString} does not have ${n} elements`);
   }
   const beta = opts.beta ?? 0;
-  checkExtras("gemm", opts, c, k, n, beta);
+  checkExtras("gemm", opts, c, m, k, n, beta);
   if (opts.addend && reduce && batch > 1) {
     throw new ShapeError(
       `gemm: an addend needs C with the batch dimensions, got C ${c.shapeString} summed over the batch`,
@@ -276,6 +283,7 @@ export function gemm(c: Tensor, a: Tensor, b: Tensor, opts: GemmOptions = {}): v
     bias: opts.bias ?? null,
     alpha,
     label: describe(a, b, transA, transB),
+    tag: opts.tag ? `[${opts.tag}]` : "",
     ...extraTensors(opts),
   };
 
@@ -306,11 +314,22 @@ export function gemm(c: Tensor, a: Tensor, b: Tensor, opts: GemmOptions = {}): v
   }
 }
 
-// Checks scaleK, scaleN, addend and scaledCopy against C and the product's K and N.
-function checkExtras(op: string, opts: GemmOptions, c: Tensor, k: number, n: number, beta: number) {
-  const { scaleK, scaleN, addend, scaledCopy: copy } = opts;
+// Checks scaleK, scaleM, scaleN, addend and scaledCopy against C and the product's M, K and N.
+function checkExtras(
+  op: string,
+  opts: GemmOptions,
+  c: Tensor,
+  m: number,
+  k: number,
+  n: number,
+  beta: number,
+) {
+  const { scaleK, scaleM, scaleN, addend, scaledCopy: copy } = opts;
   if (scaleK && scaleK.numel !== k) {
     throw new ShapeError(`${op}: scaleK ${scaleK.shapeString} does not have K = ${k} elements`);
+  }
+  if (scaleM && scaleM.numel !== m) {
+    throw new ShapeError(`${op}: scaleM ${scaleM.shapeString} does not have M = ${m} elements`);
   }
   if (scaleN && scaleN.numel !== n) {
     throw new ShapeError(`${op}: scaleN ${scaleN.shapeString} does not have N = ${n} elements`);
@@ -339,6 +358,7 @@ function checkExtras(op: string, opts: GemmOptions, c: Tensor, k: number, n: num
 function extraTensors(opts: GemmOptions) {
   return {
     scaleK: opts.scaleK ?? null,
+    scaleM: opts.scaleM ?? null,
     scaleN: opts.scaleN ?? null,
     addend: opts.addend ?? null,
   };
@@ -367,7 +387,8 @@ function oneKernel(p: Problem, run: Run, copy: GemmOptions["scaledCopy"]): boole
         second.b <= windowElements(run.second!.b.dtype)));
   const kb = p.k + (run.second?.k ?? 0);
   const blk = { mb: p.m, nb: p.n, kb };
-  let bindings = 3 + [run.bias, run.scaleK, run.scaleN, run.addend].filter((t) => t).length;
+  let bindings = 3 +
+    [run.bias, run.scaleK, run.scaleM, run.scaleN, run.addend].filter((t) => t).length;
   if (run.second) bindings += 2;
   if (copy) bindings += copy.bias ? 3 : 2;
   return p.m > 0 && p.n > 0 && p.k > 0 && fits && splitKSlices(gemmConfig(), blk) <= 1 &&
@@ -420,12 +441,20 @@ export function gemmSum(
     throw new ShapeError(`gemmSum: bias ${opts.bias.shapeString} does not have ${n} elements`);
   }
   const beta = opts.beta ?? 0;
-  checkExtras("gemmSum", opts, c, first.k, n, beta);
+  checkExtras("gemmSum", opts, c, m, first.k, n, beta);
   const copy = opts.scaledCopy;
   const fallback = () => {
     const { scaledCopy: _, ...plain } = opts;
     gemm(c, a1, b1, plain);
-    gemm(c, a2, b2, { transA, transB, alpha: opts.alpha, beta: 1, scaleN: opts.scaleN });
+    gemm(c, a2, b2, {
+      transA,
+      transB,
+      alpha: opts.alpha,
+      beta: 1,
+      scaleM: opts.scaleM,
+      scaleN: opts.scaleN,
+      tag: opts.tag,
+    });
     if (copy) scaleColumns(copy.out.reshape([m, n]), c, copy.scale, copy.bias);
   };
   if (c.dtype !== "f32" || c.shape.length !== 2 || c.shape[0] !== m || c.shape[1] !== n) {
@@ -456,6 +485,7 @@ export function gemmSum(
     bias: opts.bias ?? null,
     alpha: opts.alpha ?? 1,
     label: `${describe(a1, b1, transA, transB)} + ${describe(a2, b2, transA, transB)}`,
+    tag: opts.tag ? `[${opts.tag}]` : "",
     ...extraTensors(opts),
     second: {
       a: a2,
@@ -503,8 +533,11 @@ interface Run {
   bias: Tensor | null;
   alpha: number;
   label: string;
-  /** GemmOptions.scaleK, scaleN and addend. */
+  /** GemmOptions.tag in brackets, or "". */
+  tag: string;
+  /** GemmOptions.scaleK, scaleM, scaleN and addend. */
   scaleK: Tensor | null;
+  scaleM: Tensor | null;
   scaleN: Tensor | null;
   addend: Tensor | null;
   /** A second product summed into the same accumulators (`gemmSum`), bound whole. */
@@ -715,6 +748,7 @@ function dispatchBlock(run: Run, p: Problem, blk: Block) {
       bias: null,
       kSplit,
       scaleK: extra.scaleK,
+      scaleM: extra.scaleM,
       scaleN: extra.scaleN,
       addend: null,
     });
@@ -726,12 +760,13 @@ function dispatchBlock(run: Run, p: Problem, blk: Block) {
   }
 }
 
-// Windows of scaleK, scaleN and the addend for one block. The addend goes
+// Windows of scaleK, scaleM, scaleN and the addend for one block. The addend goes
 // with the block's first K slice only: later ones add to C with beta = 1.
 function extraWindows(run: Run, blk: Block, p: Problem, originC: number) {
   const s = spans(p, blk.mb, blk.nb, Math.max(blk.kb, 1));
   return {
     scaleK: run.scaleK ? window(run.scaleK, blk.k0, Math.max(blk.kb, 1)) : null,
+    scaleM: run.scaleM ? window(run.scaleM, blk.m0, blk.mb) : null,
     scaleN: run.scaleN ? window(run.scaleN, blk.n0, blk.nb) : null,
     addend: run.addend && blk.k0 === 0
       ? window(run.addend, originC, (blk.z - 1) * p.strideC + s.c)
@@ -766,6 +801,7 @@ interface Output {
   /** K per split-K slice (workgroup z), or 0 when z is the batch. */
   kSplit: number;
   scaleK: Window | null;
+  scaleM: Window | null;
   scaleN: Window | null;
   /** Added in place of beta · C, laid out as C. */
   addend: Window | null;
@@ -785,11 +821,12 @@ function dispatchKernel(
   const strideA = split ? 0 : p.strideA;
   const strideB = split ? 0 : p.strideB;
   if (
-    cfg.transposeNarrow && !run.transposed && !run.second && !run.scaledCopy && !split &&
-    !out.scaleN && !out.addend && blk.z === 1 &&
+    cfg.transposeNarrow && !run.transposed && !run.second && !split && blk.z === 1 &&
     blk.nb < cfg.workgroupX * cfg.tileN && blk.mb > blk.nb
   ) {
-    // Cᵀ = op(B)ᵀ · op(A)ᵀ: the operands trade places and each transpose flag flips.
+    // Cᵀ = op(B)ᵀ · op(A)ᵀ: the operands trade places and each transpose flag
+    // flips. C's row and column scales become the kernel's column and row
+    // scales. The stores, the addend and the scaled copy keep C's layout.
     const pt: Problem = {
       ...p,
       m: p.n,
@@ -802,7 +839,16 @@ function dispatchKernel(
       strideB: p.strideA,
     };
     const blkT: Block = { ...blk, m0: blk.n0, n0: blk.m0, mb: blk.nb, nb: blk.mb };
-    return dispatchKernel({ ...run, a: b, b: a, transposed: true }, pt, blkT, cfg, wb, wa, out);
+    const runT: Run = {
+      ...run,
+      a: b,
+      b: a,
+      scaleM: run.scaleN,
+      scaleN: run.scaleM,
+      transposed: true,
+    };
+    const outT: Output = { ...out, scaleM: out.scaleN, scaleN: out.scaleM };
+    return dispatchKernel(runT, pt, blkT, cfg, wb, wa, outT);
   }
 
   // vec4 loads need every vector dimension, leading dimension, stride and
@@ -827,6 +873,7 @@ function dispatchKernel(
   }
   const copy = run.scaledCopy;
   if (copy) multiples.push(copy.ws.offset, copy.wy.offset, copy.wbias?.offset ?? 0);
+  // scaleM is read one row at a time and needs no alignment.
   for (const w of [out.scaleK, out.scaleN, out.addend]) if (w) multiples.push(w.offset);
   const vec = multiples.every((x) => x % 4 === 0);
 
@@ -852,6 +899,7 @@ function dispatchKernel(
     storeT: run.transposed ?? false,
     scaledCopy: copy ? { scale: copy.scale.dtype, bias: copy.bias?.dtype ?? null } : null,
     scaleK: out.scaleK ? run.scaleK!.dtype : null,
+    scaleM: out.scaleM ? run.scaleM!.dtype : null,
     scaleN: out.scaleN ? run.scaleN!.dtype : null,
     addend: out.addend ? run.addend!.dtype : null,
   };
@@ -860,9 +908,9 @@ function dispatchKernel(
   if (second) buffers.push(second.wa.binding, second.wb.binding);
   if (copy) buffers.push(copy.ws.binding, copy.wy.binding);
   if (copy?.wbias) buffers.push(copy.wbias.binding);
-  for (const w of [out.scaleK, out.scaleN, out.addend]) if (w) buffers.push(w.binding);
+  for (const w of [out.scaleK, out.scaleM, out.scaleN, out.addend]) if (w) buffers.push(w.binding);
   gpu().dispatch({
-    label: `gemm(${
+    label: `gemm${run.tag}(${
       blk.z > 1 && !split ? `${blk.z}x ` : ""
     }${run.label}, block ${blk.mb}x${blk.kb} @ ${blk.kb}x${blk.nb}${
       split ? `, split-K ${blk.z}x${out.kSplit}` : ""
@@ -897,6 +945,7 @@ function dispatchKernel(
       out.scaleK?.offset ?? 0,
       out.scaleN?.offset ?? 0,
       out.addend?.offset ?? 0,
+      out.scaleM?.offset ?? 0,
     ),
     workgroups: [
       Math.ceil(blk.nb / (tileN * cfg.workgroupX)),
@@ -930,7 +979,7 @@ function dispatchSplitKSum(
   if (wbias) buffers.push(wbias.binding);
   if (waddend) buffers.push(waddend.binding);
   gpu().dispatch({
-    label: `gemm_splitk_sum(${run.label}, ${slices}x${blk.mb}x${blk.nb})`,
+    label: `gemm_splitk_sum${run.tag}(${run.label}, ${slices}x${blk.mb}x${blk.nb})`,
     code,
     buffers,
     uniforms: uniforms(
@@ -993,12 +1042,16 @@ interface KernelSpec extends GemmConfig {
   splitK: boolean;
   /** dtypes of a second product added into the same accumulators (`gemmSum`). */
   second: { dtypeA: DType; dtypeB: DType } | null;
-  /** The kernel's (row, col) is C's (col, row): scalar stores with C's ldc, bias by row. */
+  /**
+   * The kernel's (row, col) is C's (col, row): scalar stores with C's ldc, and
+   * bias, addend and scaled copy by C's layout.
+   */
   storeT: boolean;
   /** dtypes of the scale and bias of a `gemmSum` scaled copy Y = C ⊙ scale + bias. */
   scaledCopy: { scale: DType; bias: DType | null } | null;
-  /** dtypes of GemmOptions.scaleK (first product), scaleN and addend. */
+  /** dtypes of GemmOptions.scaleK (first product) and the addend, and of the kernel's row and column scales. */
   scaleK: DType | null;
+  scaleM: DType | null;
   scaleN: DType | null;
   addend: DType | null;
 }
@@ -1019,7 +1072,7 @@ function kernel(spec: KernelSpec): string {
 // dimensions are in elements. kSplit is the K per split-K slice, 0 unless the
 // kernel is a split-K one. The fields ending in 2 describe the second product
 // of a `gemmSum` kernel, and offS, offY and offBias2 its scaled copy. offSK,
-// offSN and offD locate scaleK, scaleN and the addend.
+// offSN, offD and offSM locate scaleK, scaleN, the addend and scaleM.
 const PARAMS = `
 struct P {
   m: u32, n: u32, k: u32,
@@ -1030,7 +1083,7 @@ struct P {
   kSplit: u32,
   k2: u32, lda2: u32, ldb2: u32, offA2: u32, offB2: u32,
   offS: u32, offY: u32, offBias2: u32,
-  offSK: u32, offSN: u32, offD: u32,
+  offSK: u32, offSN: u32, offD: u32, offSM: u32,
 }
 @group(0) @binding(0) var<uniform> p: P;`;
 
@@ -1074,17 +1127,25 @@ function vecKernel(s: KernelSpec): string {
     );
   }
   if (s.scaledCopy) {
-    out.push(vecStorage(extra.scale, "S", s.scaledCopy.scale));
-    out.push(`@group(0) @binding(${extra.y}) var<storage, read_write> Y: array<vec4<f32>>;`);
-    if (s.scaledCopy.bias) out.push(vecStorage(extra.bias2, "Bias2", s.scaledCopy.bias));
+    // Transposed stores write one element at a time.
+    const load = s.storeT ? storage : vecStorage;
+    out.push(load(extra.scale, "S", s.scaledCopy.scale));
+    out.push(
+      `@group(0) @binding(${extra.y}) var<storage, read_write> Y: array<${
+        s.storeT ? "f32" : "vec4<f32>"
+      }>;`,
+    );
+    if (s.scaledCopy.bias) out.push(load(extra.bias2, "Bias2", s.scaledCopy.bias));
   }
-  out.push(...extraDecls(s, vecStorage));
+  out.push(...extraDecls(s, vecStorage, s.storeT ? storage : vecStorage));
   out.push(header(s));
   out.push(accumulators(s));
   out.push(...vecLoop(s, FIRST));
   if (s.second) out.push(...vecLoop(s, SECOND));
   if (s.storeT) return [...out, ...transposedStores(s), `}`].join("\n");
 
+  // Row scales past the last row are read (bounded by WebGPU) but never stored.
+  if (s.scaleM) out.push(lines(tm, (i) => `  let sm${i} = ld_SM(p.offSM + row0 + ${i}u);`));
   for (let jv = 0; jv < nv; jv++) {
     const col = `col0 + ${4 * jv}u`;
     const bias = s.bias
@@ -1102,8 +1163,9 @@ function vecKernel(s: KernelSpec): string {
       const idx = `(c0 + ${at}) >> 2u`;
       const old = s.beta ? ` + p.beta * C[${idx}]` : "";
       const addend = s.addend ? ` + lv_D(p.offD + wid.z * p.strideC + ${at})` : "";
+      const sm = s.scaleM ? ` * sm${i}` : "";
       const sn = s.scaleN ? ` * sn${jv}` : "";
-      const value = `p.alpha * acc${i}_${jv}${sn}${bias}${addend}${old}`;
+      const value = `p.alpha * acc${i}_${jv}${sm}${sn}${bias}${addend}${old}`;
       if (!s.scaledCopy) {
         out.push(`    if (row0 + ${i}u < p.m) { C[${idx}] = ${value}; }`);
         continue;
@@ -1121,21 +1183,40 @@ function vecKernel(s: KernelSpec): string {
   return out.join("\n");
 }
 
-// Stores of a kernel computing Cᵀ: its element (row, col) is C's (col, row),
-// and the bias belongs to C's columns, the kernel's rows.
+// Stores of a kernel computing Cᵀ: its element (row, col) is C's (col, row).
+// The bias, the scaled copy's scale and bias, and the kernel's row scale
+// belong to C's columns, the kernel's rows. The addend and the scaled copy
+// are laid out as C. Transposed kernels are never batched (z = 0).
 function transposedStores(s: KernelSpec): string[] {
   const out: string[] = [];
+  // Column scales past the last column are read (bounded by WebGPU) but never stored.
+  if (s.scaleN) out.push(lines(s.tileN, (j) => `  let sn${j} = ld_SN(p.offSN + col0 + ${j}u);`));
   for (let i = 0; i < s.tileM; i++) {
     const row = `row0 + ${i}u`;
     const bias = s.bias ? ` + ld_Bias(p.offBias + ${row})` : "";
+    const sm = s.scaleM ? ` * ld_SM(p.offSM + ${row})` : "";
     out.push(`  if (${row} < p.m) {`);
+    if (s.scaledCopy) {
+      const bias2 = s.scaledCopy.bias ? ` + ld_Bias2(p.offBias2 + ${row})` : "";
+      out.push(`    let ys = ld_S(p.offS + ${row});`, `    let yb = 0.0${bias2};`);
+    }
     for (let j = 0; j < s.tileN; j++) {
       const col = `col0 + ${j}u`;
-      const idx = `c0 + (${col}) * p.ldc + ${row}`;
+      const at = `(${col}) * p.ldc + ${row}`;
+      const idx = `c0 + ${at}`;
       const old = s.beta ? ` + p.beta * C[${idx}]` : "";
-      out.push(
-        `    if (${col} < p.n) { C[${idx}] = p.alpha * acc${i}_${j >> 2}[${j & 3}]${bias}${old}; }`,
-      );
+      const sn = s.scaleN ? ` * sn${j}` : "";
+      const addend = s.addend ? ` + ld_D(p.offD + ${at})` : "";
+      const value = `p.alpha * acc${i}_${j >> 2}[${j & 3}]${sm}${sn}${bias}${addend}${old}`;
+      if (!s.scaledCopy) {
+        out.push(`    if (${col} < p.n) { C[${idx}] = ${value}; }`);
+        continue;
+      }
+      out.push(`    if (${col} < p.n) {`);
+      out.push(`      let v = ${value};`);
+      out.push(`      C[${idx}] = v;`);
+      out.push(`      Y[p.offY + ${at}] = v * ys + yb;`);
+      out.push(`    }`);
     }
     out.push(`  }`);
   }
@@ -1176,7 +1257,7 @@ const SECOND: Operands = {
 };
 
 // Binding numbers after C and the bias: the second product's A and B, the
-// scaled copy's scale, output and bias, then scaleK, scaleN and the addend.
+// scaled copy's scale, output and bias, then scaleK, scaleM, scaleN and the addend.
 function extraBindings(s: KernelSpec) {
   let next = s.bias ? 5 : 4;
   const take = () => next++;
@@ -1186,18 +1267,22 @@ function extraBindings(s: KernelSpec) {
   const y = s.scaledCopy ? take() : 0;
   const bias2 = s.scaledCopy?.bias ? take() : 0;
   const sk = s.scaleK ? take() : 0;
+  const sm = s.scaleM ? take() : 0;
   const sn = s.scaleN ? take() : 0;
   const d = s.addend ? take() : 0;
-  return { a, b, scale, y, bias2, sk, sn, d };
+  return { a, b, scale, y, bias2, sk, sm, sn, d };
 }
 
-// Declarations of scaleK, scaleN and the addend, read with vec4 or scalar loaders.
-function extraDecls(s: KernelSpec, load: typeof storage | typeof vecStorage): string[] {
+// Declarations of scaleK (read by the k loop's loader), scaleN and the addend
+// (read by the stores' loader), and scaleM, read one row at a time.
+type Loader = typeof storage | typeof vecStorage;
+function extraDecls(s: KernelSpec, loopLoad: Loader, storeLoad: Loader): string[] {
   const extra = extraBindings(s);
   const out: string[] = [];
-  if (s.scaleK) out.push(load(extra.sk, "SK", s.scaleK));
-  if (s.scaleN) out.push(load(extra.sn, "SN", s.scaleN));
-  if (s.addend) out.push(load(extra.d, "D", s.addend));
+  if (s.scaleK) out.push(loopLoad(extra.sk, "SK", s.scaleK));
+  if (s.scaleM) out.push(storage(extra.sm, "SM", s.scaleM));
+  if (s.scaleN) out.push(storeLoad(extra.sn, "SN", s.scaleN));
+  if (s.addend) out.push(storeLoad(extra.d, "D", s.addend));
   return out;
 }
 
@@ -1280,7 +1365,7 @@ function scalarKernel(s: KernelSpec): string {
     out.push(`@group(0) @binding(${extra.y}) var<storage, read_write> Y: array<f32>;`);
     if (s.scaledCopy.bias) out.push(storage(extra.bias2, "Bias2", s.scaledCopy.bias));
   }
-  out.push(...extraDecls(s, storage));
+  out.push(...extraDecls(s, storage, storage));
   out.push(header(s));
   out.push(accumulators(s));
   out.push(...scalarLoop(s, FIRST));
@@ -1289,6 +1374,7 @@ function scalarKernel(s: KernelSpec): string {
 
   for (let i = 0; i < tm; i++) {
     out.push(`  if (row0 + ${i}u < p.m) {`);
+    if (s.scaleM) out.push(`    let sm = ld_SM(p.offSM + row0 + ${i}u);`);
     for (let j = 0; j < tn; j++) {
       const col = `col0 + ${j}u`;
       const at = `(row0 + ${i}u) * p.ldc + ${col}`;
@@ -1296,8 +1382,9 @@ function scalarKernel(s: KernelSpec): string {
       const bias = s.bias ? ` + ld_Bias(p.offBias + ${col})` : "";
       const old = s.beta ? ` + p.beta * C[${idx}]` : "";
       const addend = s.addend ? ` + ld_D(p.offD + wid.z * p.strideC + ${at})` : "";
+      const sm = s.scaleM ? " * sm" : "";
       const sn = s.scaleN ? ` * ld_SN(p.offSN + ${col})` : "";
-      const value = `p.alpha * acc${i}_${j >> 2}[${j & 3}]${sn}${bias}${addend}${old}`;
+      const value = `p.alpha * acc${i}_${j >> 2}[${j & 3}]${sm}${sn}${bias}${addend}${old}`;
       if (!s.scaledCopy) {
         out.push(`    if (${col} < p.n) { C[${idx}] = ${value}; }`);
         continue;
@@ -1382,7 +1469,7 @@ export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
   const transB = opts.transB ?? false;
   const { m, n, batchShape } = checkShapes("matmul", a, b, transA, transB);
   const out = empty([...batchShape, m, n]);
-  gemm(out, a, b, { transA, transB });
+  gemm(out, a, b, { transA, transB, tag: "matmul" });
   record("matmul", out, [a, b], (dy) => matmulGrads(a, b, transA, transB, dy));
   return out;
 }
@@ -1397,6 +1484,7 @@ function matmulGrads(
   transB: boolean,
   dy: Tensor,
   aShape: readonly number[] = a.shape,
+  tags: [string, string] = ["matmul.dA", "matmul.dB"],
 ) {
   let da: Tensor | null = null;
   let db: Tensor | null = null;
@@ -1407,8 +1495,9 @@ function matmulGrads(
     const target = leaf ?? da!.reshape([...a.shape]);
     const beta = leaf ? 1 : 0;
     // dA = dC · op(B)ᵀ, stored transposed when A is: dAᵀ = op(B) · dCᵀ.
-    if (transA) gemm(target, b, dy, { transA: transB, transB: true, beta });
-    else gemm(target, dy, b, { transB: !transB, beta });
+    const t = tags[0];
+    if (transA) gemm(target, b, dy, { transA: transB, transB: true, beta, tag: t });
+    else gemm(target, dy, b, { transB: !transB, beta, tag: t });
   }
   if (b.requiresGrad) {
     const leaf = leafGrad(b);
@@ -1416,8 +1505,9 @@ function matmulGrads(
     const target = leaf ?? db!;
     const beta = leaf ? 1 : 0;
     // dB = op(A)ᵀ · dC, stored transposed when B is: dBᵀ = dCᵀ · op(A).
-    if (transB) gemm(target, dy, a, { transA: true, transB: transA, beta });
-    else gemm(target, a, dy, { transA: !transA, beta });
+    const t = tags[1];
+    if (transB) gemm(target, dy, a, { transA: true, transB: transA, beta, tag: t });
+    else gemm(target, a, dy, { transA: !transA, beta, tag: t });
   }
   return [da, db];
 }
@@ -1442,11 +1532,19 @@ export function linear(x: Tensor, w: Tensor, bias?: Tensor): Tensor {
   const rows = x.numel / Math.max(1, inFeatures);
   const x2 = x.reshape([rows, inFeatures]);
   const out = empty([...x.shape.slice(0, -1), outFeatures]);
-  gemm(out.reshape([rows, outFeatures]), x2, w, { transB: true, bias });
+  gemm(out.reshape([rows, outFeatures]), x2, w, { transB: true, bias, tag: "linear" });
 
   const inputs = bias ? [x, w, bias] : [x, w];
   record("linear", out, inputs, (dy) => {
-    const [dx, dw] = matmulGrads(x2, w, false, true, dy.reshape([rows, outFeatures]), x.shape);
+    const [dx, dw] = matmulGrads(
+      x2,
+      w,
+      false,
+      true,
+      dy.reshape([rows, outFeatures]),
+      x.shape,
+      ["linear.dx", "linear.dW"],
+    );
     const leaf = bias ? leafGrad(bias) : null;
     if (leaf) sumRows(dy, outFeatures, leaf);
     const dbias = bias?.requiresGrad && !leaf ? sumRows(dy, outFeatures) : null;

@@ -703,7 +703,7 @@ Deno.test("default config splits long K correctly", async () => {
   }
 });
 
-// C = alpha · op(A) · diag(sk) · op(B) · diag(sn) + bias + addend, and its scaled
+// C = alpha · diag(sm) · op(A) · diag(sk) · op(B) · diag(sn) + bias + addend, and its scaled
 // copy Y = C ⊙ scale + bias2, through gemm against the CPU. Returns the larger
 // error of C and Y and the gemm dispatch labels.
 async function scaledGemmCase(
@@ -718,6 +718,7 @@ async function scaledGemmCase(
   const a = seededArray(m * k, 60);
   const b = rounded(seededArray(k * n, 61), dtype);
   const sk = rounded(seededArray(k, 62), dtype);
+  const sm = rounded(seededArray(m, 69), dtype);
   const sn = seededArray(n, 63);
   const bias = seededArray(n, 64);
   const addend = rounded(seededArray(m * n, 65), dtype);
@@ -736,6 +737,7 @@ async function scaledGemmCase(
         alpha: 0.5,
         bias: fromArray(bias, [n]),
         scaleK: fromArray(sk, [k], { dtype }),
+        scaleM: fromArray(sm, [m], { dtype }),
         scaleN: fromArray(sn, [n]),
         addend: fromArray(addend, [m, n], { dtype }),
         scaledCopy: withCopy
@@ -749,7 +751,9 @@ async function scaledGemmCase(
   // Scaling B's rows by sk on the CPU gives op(A) · diag(sk) · op(B).
   const bs = b.map((v, i) => v * sk[transB ? i % k : Math.floor(i / n)]);
   const ab = reference(a, bs, m, n, k, transA, transB);
-  const want = ab.map((v, i) => 0.5 * v * sn[i % n] + bias[i % n] + addend[i]);
+  const want = ab.map((v, i) =>
+    0.5 * sm[Math.floor(i / n)] * v * sn[i % n] + bias[i % n] + addend[i]
+  );
   let err = maxError(await c.toArray(), want);
   if (withCopy) {
     const wantY = want.map((v, i) => v * scale[i % n] + bias2[i % n]);
@@ -758,7 +762,7 @@ async function scaledGemmCase(
   return { err, labels };
 }
 
-Deno.test("gemm scales K and N, adds an addend and writes a scaled copy", async () => {
+Deno.test("gemm scales K, M and N, adds an addend and writes a scaled copy", async () => {
   const configs: [string, GemmConfig | null][] = [
     ["auto", null],
     ["gpu", GPU_CONFIG],
@@ -780,6 +784,10 @@ Deno.test("gemm scales K and N, adds an addend and writes a scaled copy", async 
               const split = r.labels.some((l) => l.includes("split-K"));
               if (name.startsWith("split-K") && k > 256) assert.ok(split, caseName);
               assert.equal(r.labels.length, split ? 2 : 1, `${caseName}: ${r.labels.join("; ")}`);
+              // The narrow tiles compute a C narrower than it is tall as Cᵀ.
+              if (name === "narrow") {
+                assert.equal(r.labels[0].includes("as Cᵀ"), m > n, `${caseName}: ${r.labels[0]}`);
+              }
             }
           }
         }
@@ -865,6 +873,10 @@ Deno.test("gemm rejects mismatched scale vectors and an addend with beta", () =>
   assert.throws(
     () => gemm(c, a, b, { scaleN: fromArray(new Float32Array(4), [4]) }),
     /scaleN 4 does not have N = 5 elements/,
+  );
+  assert.throws(
+    () => gemm(c, a, b, { scaleM: fromArray(new Float32Array(5), [5]) }),
+    /scaleM 5 does not have M = 4 elements/,
   );
   assert.throws(
     () => gemm(c, a, b, { addend: empty([4, 5]), beta: 1 }),
