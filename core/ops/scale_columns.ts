@@ -3,8 +3,8 @@
 // on activations this way: (b ⊙ x) on a linear's input, a ⊙ z on its output.
 
 import { leafGrad } from "../autograd.ts";
-import { type DType, empty, gpu, type Tensor } from "../tensor.ts";
-import { storage, uniforms, vecStorage, window } from "../wgsl.ts";
+import { type DType, empty, gpu, ShapeError, type Tensor } from "../tensor.ts";
+import { storage, uniforms, vecStorage, window, windowElements } from "../wgsl.ts";
 import { sumRows } from "./elementwise.ts";
 import { gridBlocks } from "./rows.ts";
 
@@ -208,4 +208,164 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
   const total = sumRows(sums, cols, leaf ?? undefined);
   sums.dispose();
   return leaf ? null : total;
+}
+
+/** One column sum of `columnSums`: Σ_rows g ⊙ x, or Σ_rows g without x, as the gradient of `param`. */
+export interface ColumnSum {
+  /** [R, C], R shared by every sum of one call. */
+  g: Tensor;
+  /** [R, C], multiplied into g element by element. */
+  x?: Tensor;
+  /** The [C] tensor whose gradient the sum is; a sum whose param needs no gradient is skipped. */
+  param: Tensor;
+}
+
+/**
+ * Computes several column sums over the same rows in one pass: BPT's
+ * da = Σ_rows dy ⊙ z, db = Σ_rows dxb ⊙ x and dbias = Σ_rows dy. Each sum is
+ * added to its param's leaf gradient (and null returned, see leafGrad) or
+ * returned as a new [C] tensor. Rows of up to 512 take one dispatch in all,
+ * longer inputs one more sumRows per sum. Sums whose inputs exceed one
+ * binding, or more sums than the device's storage bindings allow, run as
+ * separate kernels.
+ */
+export function columnSums(sums: readonly ColumnSum[]): (Tensor | null)[] {
+  const jobs = sums.filter((s) => s.param.requiresGrad);
+  if (jobs.length === 0) return sums.map(() => null);
+  const rows = jobs[0].g.shape[0];
+  for (const j of jobs) {
+    const cols = j.param.numel;
+    const bad = j.g.shape.length !== 2 || j.g.shape[0] !== rows || j.g.shape[1] !== cols ||
+      (j.x && (j.x.shape.length !== 2 || j.x.shape.join() !== j.g.shape.join()));
+    if (bad) {
+      throw new ShapeError(
+        `columnSums: g ${j.g.shapeString}${
+          j.x ? `, x ${j.x.shapeString}` : ""
+        } and param ${j.param.shapeString} do not match [${rows}, C] and [C]`,
+      );
+    }
+  }
+
+  const fits = (t: Tensor) => t.numel <= windowElements(t.dtype);
+  const limit = gpu().limits.maxStorageBuffersPerShaderStage;
+  const results = new Map<ColumnSum, Tensor | null>();
+  let group: ColumnSum[] = [];
+  let bindings = 0;
+  const flush = () => {
+    if (group.length > 0) columnSumKernel(rows, group, results);
+    group = [];
+    bindings = 0;
+  };
+  for (const j of jobs) {
+    if (!fits(j.g) || (j.x && !fits(j.x))) {
+      // Row blocks per binding: the one-sum kernels handle them.
+      const leaf = leafGrad(j.param);
+      const out = j.x
+        ? scaleColumnsBackward(j.g, j.x, j.param, null)
+        : sumRows(j.g, j.param.numel, leaf ?? undefined);
+      results.set(j, leaf ? null : out);
+      continue;
+    }
+    const need = j.x ? 3 : 2;
+    if (bindings + need > limit) flush();
+    group.push(j);
+    bindings += need;
+  }
+  flush();
+  return sums.map((s) => results.get(s) ?? null);
+}
+
+// One dispatch over `rows` for every sum in `jobs`, all within single bindings.
+function columnSumKernel(rows: number, jobs: ColumnSum[], results: Map<ColumnSum, Tensor | null>) {
+  const chunks = Math.ceil(rows / CHUNK_ROWS);
+  const direct = chunks === 1;
+  const plan = jobs.map((j) => {
+    const cols = j.param.numel;
+    const leaf = leafGrad(j.param);
+    let result: Tensor | null = null;
+    let target: Tensor;
+    if (direct) target = leaf ?? (result = empty([cols]));
+    else target = empty([chunks, cols], { memoryClass: "scratch" });
+    return {
+      job: j,
+      cols,
+      leaf,
+      result,
+      target,
+      wg: window(j.g, 0, j.g.numel),
+      wx: j.x ? window(j.x, 0, j.x.numel) : null,
+      wt: window(target, 0, target.numel),
+    };
+  });
+  const vec = plan.every((q) => vec4Ok(q.cols, [q.wg.offset, q.wx?.offset ?? 0, q.wt.offset]));
+  const L = lanes(vec);
+  const widest = Math.max(...plan.map((q) => q.cols));
+
+  // Bindings per sum: g, then x when given, then the sums.
+  const decls: string[] = [];
+  const fields: string[] = [];
+  const loop: string[] = [];
+  const reduce: string[] = [];
+  let binding = 1;
+  plan.forEach((q, k) => {
+    decls.push(L.input(binding++, `G${k}`, q.job.g.dtype));
+    if (q.wx) decls.push(L.input(binding++, `X${k}`, q.job.x!.dtype));
+    decls.push(L.output(binding++, `S${k}`));
+    fields.push(`c${k}: u32, og${k}: u32, ox${k}: u32, os${k}: u32`);
+    const term = q.wx
+      ? `${L.ld}G${k}(p.og${k} + r * p.c${k} + col) * ${L.ld}X${k}(p.ox${k} + r * p.c${k} + col)`
+      : `${L.ld}G${k}(p.og${k} + r * p.c${k} + col)`;
+    loop.push(`      if (col < p.c${k}) { acc${k} += ${term}; }`);
+    const at = L.at(direct ? `p.os${k} + col` : `p.os${k} + wid.y * p.c${k} + col`);
+    reduce.push(`
+  red[lid.y * ${WG_X}u + lid.x] = acc${k};
+  workgroupBarrier();
+  if (lid.y == 0u && col < p.c${k}) {
+    var total${k} = red[lid.x];
+    for (var j = 1u; j < ${WG_Y}u; j++) { total${k} += red[j * ${WG_X}u + lid.x]; }
+    S${k}[${at}] = total${k}${direct && q.leaf ? ` + S${k}[${at}]` : ""};
+  }
+  workgroupBarrier();`);
+  });
+  const code = `
+struct P { rows: u32, pad0: u32, pad1: u32, pad2: u32, ${fields.join(", ")} }
+@group(0) @binding(0) var<uniform> p: P;
+${decls.join("\n")}
+var<workgroup> red: array<${L.type}, ${WG_X * WG_Y}>;
+@compute @workgroup_size(${WG_X}, ${WG_Y})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+  let col = (wid.x * ${WG_X}u + lid.x) * ${L.width}u;
+  let r0 = wid.y * ${CHUNK_ROWS}u;
+  let rEnd = min(p.rows, r0 + ${CHUNK_ROWS}u);
+  ${plan.map((_, k) => `var acc${k} = ${L.type}(0.0);`).join("\n  ")}
+  for (var r = r0 + lid.y; r < rEnd; r += ${WG_Y}u) {
+${loop.join("\n")}
+  }${reduce.join("")}
+}`;
+
+  const buffers: GPUBufferBinding[] = [];
+  const values: number[] = [rows, 0, 0, 0];
+  for (const q of plan) {
+    buffers.push(q.wg.binding);
+    if (q.wx) buffers.push(q.wx.binding);
+    buffers.push(q.wt.binding);
+    values.push(q.cols, q.wg.offset, q.wx?.offset ?? 0, q.wt.offset);
+  }
+  gpu().dispatch({
+    label: `columnSums(${rows}x[${plan.map((q) => q.cols).join(", ")}])`,
+    code,
+    buffers,
+    uniforms: uniforms(...values),
+    workgroups: [Math.ceil(widest / L.width / WG_X), chunks],
+  });
+
+  for (const q of plan) {
+    if (direct) {
+      results.set(q.job, q.result);
+      continue;
+    }
+    const total = sumRows(q.target, q.cols, q.leaf ?? undefined);
+    q.target.dispose();
+    results.set(q.job, q.leaf ? null : total);
+  }
 }

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
-import { scaleColumns, scaleColumnsBackward } from "./scale_columns.ts";
+import { columnSums, scaleColumns, scaleColumnsBackward } from "./scale_columns.ts";
 import { scale } from "./elementwise.ts";
-import { empty, fromArray, initGpu } from "../tensor.ts";
+import { empty, fromArray, gpu, initGpu, ShapeError } from "../tensor.ts";
 import { assertClose, dispatchLabels, seededArray } from "../testing.ts";
 
 await initGpu();
@@ -84,4 +84,100 @@ Deno.test("scaleColumnsBackward returns ds for an s that is not a leaf", async (
     assertClose(await ds.toArray(), want, 1e-5, `${rows}x${cols} ds`);
     assert.equal(s.grad, null);
   }
+});
+
+// Σ_rows g ⊙ x (or Σ_rows g) over [rows, cols] in f64.
+function columnSum(g: Float32Array, x: Float32Array | null, cols: number): Float64Array {
+  const out = new Float64Array(cols);
+  for (let i = 0; i < g.length; i++) out[i % cols] += g[i] * (x ? x[i] : 1);
+  return out;
+}
+
+Deno.test("columnSums adds several column sums into leaves and returns the others", async () => {
+  // Widths 12, 8 and 4 take the vec4 kernel, with a 9 the scalar one; 1100 rows
+  // add partial sums in a second pass per sum.
+  for (const rows of [150, 1100]) {
+    for (const widths of [[12, 8, 4], [12, 9, 4]]) {
+      const [n, m] = widths;
+      const dy = seededArray(rows * n, 20);
+      const z = seededArray(rows * n, 21);
+      const dxb = seededArray(rows * m, 22);
+      const x = seededArray(rows * m, 23);
+      const h = seededArray(rows * widths[2], 24);
+      const a = fromArray(seededArray(n, 25), [n], { requiresGrad: true });
+      const b = fromArray(seededArray(m, 26), [m], { requiresGrad: true });
+      // A gradient that is no leaf's comes back as a new tensor.
+      const c = scale(
+        fromArray(seededArray(widths[2], 27), [widths[2]], { requiresGrad: true }),
+        2,
+      );
+      const frozen = fromArray(seededArray(n, 28), [n]);
+      const dyT = fromArray(dy, [rows, n]);
+      for (let pass = 0; pass < 2; pass++) {
+        let out: unknown[] = [];
+        const labels = await dispatchLabels(() => {
+          out = columnSums([
+            { g: dyT, x: fromArray(z, [rows, n]), param: a },
+            { g: fromArray(dxb, [rows, m]), x: fromArray(x, [rows, m]), param: b },
+            { g: dyT, param: frozen },
+            { g: fromArray(h, [rows, widths[2]]), param: c },
+          ]);
+        });
+        const name = `${rows} rows, widths ${widths}`;
+        assert.equal(out[0], null, name);
+        assert.equal(out[1], null, name);
+        assert.equal(out[2], null, name);
+        assert.ok(out[3], name);
+        assertClose(
+          await (out[3] as ReturnType<typeof empty>).toArray(),
+          columnSum(h, null, widths[2]),
+          1e-5,
+          `${name} sum without x`,
+        );
+        // One kernel for all sums, and one sumRows per sum when the rows take several chunks.
+        assert.equal(labels.length, rows <= 512 ? 1 : 4, `${name}: ${labels.join("; ")}`);
+      }
+      const twice = (v: Float64Array) => v.map((e) => 2 * e);
+      assertClose(await a.grad!.toArray(), twice(columnSum(dy, z, n)), 1e-5, `${rows} da`);
+      assertClose(await b.grad!.toArray(), twice(columnSum(dxb, x, m)), 1e-5, `${rows} db`);
+      assert.equal(frozen.grad, null);
+    }
+  }
+});
+
+Deno.test("columnSums splits sums beyond the storage-binding limit and rejects bad shapes", async () => {
+  const rows = 40, cols = 8;
+  const limit = gpu().limits.maxStorageBuffersPerShaderStage;
+  // Each sum with x takes 3 bindings, so this many cannot share one kernel.
+  const count = Math.floor(limit / 3) + 2;
+  const data = Array.from({ length: count }, (_, k) => ({
+    g: seededArray(rows * cols, 30 + k),
+    x: seededArray(rows * cols, 60 + k),
+  }));
+  const params = data.map(() => fromArray(new Float32Array(cols), [cols], { requiresGrad: true }));
+  const labels = await dispatchLabels(() => {
+    columnSums(data.map((d, k) => ({
+      g: fromArray(d.g, [rows, cols]),
+      x: fromArray(d.x, [rows, cols]),
+      param: params[k],
+    })));
+  });
+  assert.equal(labels.length, 2, labels.join("; "));
+  for (let k = 0; k < count; k++) {
+    assertClose(
+      await params[k].grad!.toArray(),
+      columnSum(data[k].g, data[k].x, cols),
+      1e-5,
+      `${k}`,
+    );
+  }
+  assert.throws(
+    () =>
+      columnSums([{
+        g: fromArray(new Float32Array(12), [3, 4]),
+        x: fromArray(new Float32Array(12), [4, 3]),
+        param: fromArray(new Float32Array(4), [4], { requiresGrad: true }),
+      }]),
+    ShapeError,
+  );
 });
