@@ -1,5 +1,7 @@
-// AdamW on the GPU: one dispatch per parameter (per binding window), no
-// readback and no submit, so a whole training step stays one submission.
+// AdamW on the GPU: no readback and no submit, so a whole training step stays
+// one submission. Small parameters share dispatches, up to as many as the
+// device's storage bindings allow, and large ones get a dispatch per binding
+// window.
 //
 // Decoupled weight decay as in Loshchilov & Hutter, "Decoupled Weight Decay
 // Regularization" (ICLR 2019), in the form of torch.optim.AdamW (PyTorch 2.x):
@@ -9,7 +11,15 @@
 
 import { type DType, fromArray, gpu, type Tensor, writeBytes, zeros } from "../core/tensor.ts";
 import { grid1d, uniforms, window, windowElements } from "../core/wgsl.ts";
-import { masterLoadCode, updateCode, updateUniforms, type WriteMode } from "./adamw_kernel.ts";
+import {
+  bindingsPerJob,
+  masterLoadCode,
+  updateCode,
+  type UpdateUniforms,
+  updateUniforms,
+  updateWorkgroups,
+  type WriteMode,
+} from "./adamw_kernel.ts";
 import { defaultDecay } from "./decay.ts";
 import { pruneByMagnitude } from "./prune.ts";
 import { streamKey } from "./rounding.ts";
@@ -91,6 +101,22 @@ interface Slot {
   /** Position in the constructor's list, which keys the random stream. */
   index: number;
 }
+
+// One binding window of one parameter's update.
+interface Job {
+  slot: Slot;
+  grad: Tensor;
+  buffers: GPUBufferBinding[];
+  label: string;
+  uniforms: UpdateUniforms;
+}
+
+// Parameters of up to SMALL elements share update dispatches, MAX_BATCH at
+// most. Each job of a shared kernel is one case of a switch, and llvmpipe
+// seemed to run every case for the gradient norm (optim/clip.ts), which for
+// small tensors still costs less than the dispatches it saves.
+const SMALL = 4096;
+const MAX_BATCH = 8;
 
 /** AdamW with per-parameter dtypes and step counts, running entirely on the GPU. */
 export class AdamW {
@@ -229,6 +255,11 @@ export class AdamW {
     }
     const scale = gradScale ?? this.#one;
 
+    // Parameters of at most SMALL elements with the same dtypes and write
+    // mode share a dispatch. On llvmpipe a dispatch costs tens of
+    // microseconds, and BPT trains four small tensors per wrapped linear.
+    const limit = gpu().limits.maxStorageBuffersPerShaderStage;
+    const batches = new Map<string, Job[]>();
     for (const slot of this.#slots) {
       const grad = slot.tensor.grad;
       if (!grad) continue;
@@ -239,11 +270,24 @@ export class AdamW {
       }
       if (slot.masterStale) this.#loadMaster(slot);
       slot.step++;
-      this.#update(slot, grad, scale, lr);
+      const jobs = this.#jobs(slot, grad, lr);
+      if (jobs.length > 1 || slot.tensor.numel > SMALL) {
+        for (const job of jobs) this.#dispatch([job], scale);
+        continue;
+      }
+      const key = [slot.tensor.dtype, grad.dtype, slot.stateDtype, slot.mode].join();
+      const batch = [...(batches.get(key) ?? []), jobs[0]];
+      const size = Math.min(MAX_BATCH, Math.floor((limit - 1) / bindingsPerJob(slot.mode)));
+      if (batch.length >= size) {
+        this.#dispatch(batch, scale);
+        batches.delete(key);
+      } else batches.set(key, batch);
     }
+    for (const batch of batches.values()) this.#dispatch(batch, scale);
   }
 
-  #update(slot: Slot, grad: Tensor, scale: Tensor, lr: number) {
+  // The update of one parameter as one job per binding window.
+  #jobs(slot: Slot, grad: Tensor, lr: number): Job[] {
     const t = slot.step;
     const values = {
       key: slot.mode === "stochastic" ? streamKey(this.seed, slot.index, t) : 0,
@@ -255,11 +299,11 @@ export class AdamW {
       bc2Sqrt: Math.sqrt(1 - this.beta2 ** t),
     };
     const p = slot.tensor;
-    const code = updateCode(p.dtype, grad.dtype, slot.stateDtype, slot.mode);
 
     // f32 windows are the narrowest in elements; an even step keeps every
     // 16-bit window on a word boundary.
     const step = Math.floor(windowElements("f32") / 2) * 2;
+    const jobs: Job[] = [];
     for (let start = 0; start < p.numel; start += step) {
       const n = Math.min(step, p.numel - start);
       const wp = window(p, start, n);
@@ -267,16 +311,14 @@ export class AdamW {
       const wm = window(slot.m, start, n);
       const wv = window(slot.v, start, n);
       const ww = slot.master ? window(slot.master, start, n) : null;
-      const buffers = [wp.binding, wg.binding, wm.binding, wv.binding, scale.buffer];
+      const buffers = [wp.binding, wg.binding, wm.binding, wv.binding];
       if (ww) buffers.push(ww.binding);
-
-      gpu().dispatch({
-        label: `adamw(${slot.name}, ${p.dtype} ${p.shapeString}, ${slot.mode}, [${start}, ${
-          start + n
-        }))`,
-        code,
+      jobs.push({
+        slot,
+        grad,
         buffers,
-        uniforms: updateUniforms({
+        label: `${slot.name}, ${p.dtype} ${p.shapeString}, [${start}, ${start + n})`,
+        uniforms: {
           ...values,
           n,
           op: wp.offset,
@@ -284,10 +326,30 @@ export class AdamW {
           os: wm.offset,
           ow: ww?.offset ?? 0,
           base: start,
-        }),
-        workgroups: grid1d(Math.ceil(n / 2)),
+        },
       });
     }
+    return jobs;
+  }
+
+  // One dispatch updating `jobs`, which share dtypes and write mode.
+  #dispatch(jobs: Job[], scale: Tensor) {
+    const { slot, grad } = jobs[0];
+    const code = updateCode(slot.tensor.dtype, grad.dtype, slot.stateDtype, slot.mode, jobs.length);
+    const groups = jobs.reduce((sum, j) => sum + updateWorkgroups(j.uniforms.n), 0);
+    const maxX = gpu().limits.maxComputeWorkgroupsPerDimension;
+    const names = jobs.map((j) => j.label);
+    gpu().dispatch({
+      label: `adamw(${slot.mode}: ${
+        names.length > 2
+          ? `${names.slice(0, 2).join("; ")} and ${names.length - 2} more`
+          : names.join("; ")
+      })`,
+      code,
+      buffers: [...jobs.flatMap((j) => j.buffers), scale.buffer],
+      uniforms: updateUniforms(jobs.map((j) => j.uniforms)),
+      workgroups: [Math.min(groups, maxX), Math.ceil(groups / maxX)],
+    });
   }
 
   #loadMaster(slot: Slot) {

@@ -15,13 +15,16 @@ import { HASH_WGSL, SROUND_BF16_WGSL, SROUND_F16_WGSL } from "./rounding.ts";
  */
 export type WriteMode = "f32" | "master" | "stochastic" | "nearest";
 
-/** Uniform layout shared by `updateCode` and `updateUniforms`. */
+/**
+ * Uniform layout of one job (one binding window of one parameter) of an
+ * update kernel, 64 bytes. `first` is the job's first workgroup in the dispatch.
+ */
 export const UPDATE_STRUCT = `struct U {
-  n: u32, op: u32, og: u32, os: u32, ow: u32, base: u32, key: u32, pad: u32,
+  n: u32, op: u32, og: u32, os: u32, ow: u32, base: u32, key: u32, first: u32,
   stepSize: f32, b1: f32, b2: f32, eps: f32, decayMul: f32, bc2Sqrt: f32, omb1: f32, omb2: f32,
 }`;
 
-/** Values of one update dispatch, in `UPDATE_STRUCT` order. */
+/** Values of one job of an update dispatch, in `UPDATE_STRUCT` order. */
 export interface UpdateUniforms {
   /** Elements in this window. */
   n: number;
@@ -45,13 +48,37 @@ export interface UpdateUniforms {
   bc2Sqrt: number;
 }
 
-/** Packs `UpdateUniforms` into the 16 words of `UPDATE_STRUCT`. */
-export function updateUniforms(u: UpdateUniforms): Uint32Array {
-  const words = new Uint32Array(16);
+/** Workgroups of one job: each invocation updates two elements. */
+export function updateWorkgroups(n: number): number {
+  return Math.max(1, Math.ceil(n / 2 / UPDATE_WG));
+}
+
+const UPDATE_WG = 256;
+
+/**
+ * Packs the uniforms of a dispatch of `jobs`: a 16-byte header (job count,
+ * total workgroups) and 16 words per job, whose `first` fields are filled in.
+ */
+export function updateUniforms(jobs: readonly UpdateUniforms[]): Uint32Array {
+  const words = new Uint32Array(4 + 16 * jobs.length);
   const floats = new Float32Array(words.buffer);
-  words.set([u.n, u.op, u.og, u.os, u.ow, u.base, u.key >>> 0, 0]);
-  floats.set([u.stepSize, u.b1, u.b2, u.eps, u.decayMul, u.bc2Sqrt, 1 - u.b1, 1 - u.b2], 8);
+  let groups = 0;
+  jobs.forEach((u, j) => {
+    const o = 4 + 16 * j;
+    words.set([u.n, u.op, u.og, u.os, u.ow, u.base, u.key >>> 0, groups], o);
+    floats.set(
+      [u.stepSize, u.b1, u.b2, u.eps, u.decayMul, u.bc2Sqrt, 1 - u.b1, 1 - u.b2],
+      o + 8,
+    );
+    groups += updateWorkgroups(u.n);
+  });
+  words.set([jobs.length, groups], 0);
   return words;
+}
+
+/** Bindings per job: parameter, gradient, m and v, and the master copy in master mode. */
+export function bindingsPerJob(mode: WriteMode): number {
+  return mode === "master" ? 5 : 4;
 }
 
 // WGSL statement that stores the pair (a, b) at element index `index` of
@@ -68,75 +95,128 @@ function storePair(name: string, dtype: DType, index: string, a: string, b: stri
     : `${name}[(${index}) >> 1u] = pack2x16float(vec2<f32>(${a}, ${hi}));`;
 }
 
-function storeParamStochastic(dtype: DType): string {
+function storeParamStochastic(dtype: DType, P: string): string {
   const random = `let r0 = hash32(hash32(u.base + i) ^ u.key);
   let r1 = hash32(hash32(u.base + i + 1u) ^ u.key);`;
   if (dtype === "bf16") {
     return `${random}
-  let old = P[(u.op + i) >> 1u];
+  let old = ${P}[(u.op + i) >> 1u];
   let hi = select(old >> 16u, sround_bf16(b.p, r1), two);
-  P[(u.op + i) >> 1u] = sround_bf16(a.p, r0) | (hi << 16u);`;
+  ${P}[(u.op + i) >> 1u] = sround_bf16(a.p, r0) | (hi << 16u);`;
   }
   return `${random}
-  let hi = select(ld_P(u.op + i + 1u), sround_f16(b.p, r1), two);
-  P[(u.op + i) >> 1u] = pack2x16float(vec2<f32>(sround_f16(a.p, r0), hi));`;
+  let hi = select(ld_${P}(u.op + i + 1u), sround_f16(b.p, r1), two);
+  ${P}[(u.op + i) >> 1u] = pack2x16float(vec2<f32>(sround_f16(a.p, r0), hi));`;
+}
+
+// Bindings and update function `update<k>(u, i, two, scale)` of job k, whose
+// bindings start at `first`: parameter, gradient, m, v, then the master copy.
+function jobCode(
+  k: number,
+  first: number,
+  param: DType,
+  grad: DType,
+  state: DType,
+  mode: WriteMode,
+): string {
+  const [P, G, M, V, W] = ["P", "G", "M", "V", "W"].map((x) => `${x}${k}`);
+  const loadP = mode === "master" ? `${W}[u.ow + i]` : `ld_${P}(u.op + i)`;
+  let storeP: string;
+  if (mode === "stochastic") storeP = storeParamStochastic(param, P);
+  else storeP = storePair(P, param, "u.op + i", "a.p", "b.p");
+  if (mode === "master") storeP = `${storePair(W, "f32", "u.ow + i", "a.p", "b.p")}\n  ${storeP}`;
+
+  return `
+${storage(first, P, param, "read_write")}
+${storage(first + 1, G, grad)}
+${storage(first + 2, M, state, "read_write")}
+${storage(first + 3, V, state, "read_write")}
+${
+    mode === "master"
+      ? `@group(0) @binding(${first + 4}) var<storage, read_write> ${W}: array<f32>;`
+      : ""
+  }
+
+fn adam${k}(u: U, i: u32, scale: f32) -> Step {
+  let g = ld_${G}(u.og + i) * scale;
+  let p = ${loadP} * u.decayMul;
+  let m = u.b1 * ld_${M}(u.os + i) + u.omb1 * g;
+  let v = u.b2 * ld_${V}(u.os + i) + u.omb2 * g * g;
+  return Step(p - u.stepSize * m / (sqrt(v) / u.bc2Sqrt + u.eps), m, v);
+}
+
+fn update${k}(u: U, i: u32, two: bool, scale: f32) {
+  let a = adam${k}(u, i, scale);
+  var b = a;
+  if (two) { b = adam${k}(u, i + 1u, scale); }
+  ${storePair(M, state, "u.os + i", "a.m", "b.m")}
+  ${storePair(V, state, "u.os + i", "a.v", "b.v")}
+  ${storeP}
+}`;
 }
 
 /**
- * Returns the AdamW kernel for one combination of parameter, gradient and
- * state dtypes and write mode. Bindings: 1 parameter, 2 gradient, 3 m, 4 v,
- * 5 gradient scale (f32 scalar), 6 master copy (master mode only).
+ * Returns the AdamW kernel for `jobs` parameter windows (1 or more) that share
+ * parameter, gradient and state dtypes and write mode. Bindings: per job
+ * `bindingsPerJob(mode)` from binding 1 (parameter, gradient, m, v, master
+ * copy), then the gradient scale (f32 scalar). Workgroups run job by job:
+ * workgroup g belongs to the last job whose `first` is ≤ g.
  *
  * Per element, following PyTorch's AdamW (torch.optim.AdamW, PyTorch 2.x):
  *   g ← g·scale;  p ← p·(1 − lr·wd);  m ← β1·m + (1 − β1)·g;  v ← β2·v + (1 − β2)·g²;
  *   p ← p − lr/(1 − β1^t) · m / (√v / √(1 − β2^t) + ε).
  * The update uses m and v in f32 before they are rounded to the state dtype.
  */
-export function updateCode(param: DType, grad: DType, state: DType, mode: WriteMode): string {
+export function updateCode(
+  param: DType,
+  grad: DType,
+  state: DType,
+  mode: WriteMode,
+  jobs = 1,
+): string {
   const usesBf16 = param === "bf16" || state === "bf16";
-  const loadP = mode === "master" ? "W[u.ow + i]" : "ld_P(u.op + i)";
-
-  let storeP: string;
-  if (mode === "stochastic") storeP = storeParamStochastic(param);
-  else storeP = storePair("P", param, "u.op + i", "a.p", "b.p");
-  if (mode === "master") storeP = `${storePair("W", "f32", "u.ow + i", "a.p", "b.p")}\n  ${storeP}`;
+  const per = bindingsPerJob(mode);
+  const code = Array.from(
+    { length: jobs },
+    (_, k) => jobCode(k, 1 + k * per, param, grad, state, mode),
+  );
+  const calls = jobs === 1
+    ? "update0(u, i, two, scale);"
+    : `switch j {${
+      Array.from({ length: jobs }, (_, k) => `
+    case ${k}u: { update${k}(u, i, two, scale); }`).join("")
+    }
+    default: {}
+  }`;
 
   return `
 ${UPDATE_STRUCT}
-@group(0) @binding(0) var<uniform> u: U;
-${storage(1, "P", param, "read_write")}
-${storage(2, "G", grad)}
-${storage(3, "M", state, "read_write")}
-${storage(4, "V", state, "read_write")}
-@group(0) @binding(5) var<storage, read> SC: array<f32>;
-${mode === "master" ? "@group(0) @binding(6) var<storage, read_write> W: array<f32>;" : ""}
+struct Batch { count: u32, groups: u32, pad0: u32, pad1: u32, jobs: array<U, ${jobs}> }
+@group(0) @binding(0) var<uniform> batch: Batch;
+@group(0) @binding(${1 + jobs * per}) var<storage, read> SC: array<f32>;
 ${usesBf16 ? BF16_PACK : ""}
 ${mode === "stochastic" ? HASH_WGSL : ""}
 ${mode === "stochastic" && param === "bf16" ? SROUND_BF16_WGSL : ""}
 ${mode === "stochastic" && param === "f16" ? SROUND_F16_WGSL : ""}
 
 struct Step { p: f32, m: f32, v: f32 }
+${code.join("\n")}
 
-fn adam(i: u32, scale: f32) -> Step {
-  let g = ld_G(u.og + i) * scale;
-  let p = ${loadP} * u.decayMul;
-  let m = u.b1 * ld_M(u.os + i) + u.omb1 * g;
-  let v = u.b2 * ld_V(u.os + i) + u.omb2 * g * g;
-  return Step(p - u.stepSize * m / (sqrt(v) / u.bc2Sqrt + u.eps), m, v);
-}
-
-${main1d()} {
-  let i = 2u * ${flatIndex()};
+@compute @workgroup_size(${UPDATE_WG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+        @builtin(num_workgroups) nwg: vec3<u32>) {
+  let group = wid.x + wid.y * nwg.x;
+  if (group >= batch.groups) { return; }
+  var j = 0u;
+  for (var q = 1u; q < batch.count; q++) {
+    if (group >= batch.jobs[q].first) { j = q; }
+  }
+  let u = batch.jobs[j];
+  let i = 2u * ((group - u.first) * ${UPDATE_WG}u + lid.x);
   if (i >= u.n) { return; }
   let two = i + 1u < u.n;
   let scale = SC[0];
-  let a = adam(i, scale);
-  var b = a;
-  if (two) { b = adam(i + 1u, scale); }
-
-  ${storePair("M", state, "u.os + i", "a.m", "b.m")}
-  ${storePair("V", state, "u.os + i", "a.v", "b.v")}
-  ${storeP}
+  ${calls}
 }`;
 }
 

@@ -11,7 +11,7 @@ import {
   type TensorOptions,
   writeBytes,
 } from "../core/tensor.ts";
-import { assertClose, seededArray } from "../core/testing.ts";
+import { assertClose, dispatchLabels, seededArray } from "../core/testing.ts";
 import { AdamW, type AdamWOptions } from "./adamw.ts";
 import { GradNormClip } from "./clip.ts";
 
@@ -548,5 +548,100 @@ Deno.test("adamw zeroGrad clears gradients", async () => {
   setGrad(p, seededArray(8, 251));
   opt.zeroGrad();
   assert.deepEqual(await p.grad!.toArray(), new Float32Array(8));
+  opt.dispose();
+});
+
+Deno.test("adamw batches small parameters and matches the reference per parameter", async () => {
+  // Small f32 and bf16 parameters of several sizes and decay flags, one with
+  // bf16 state, and one f32 parameter over the 4096-element batching limit.
+  const specs: { n: number; dtype: "f32" | "bf16"; decay: boolean; state?: "bf16" }[] = [];
+  for (let k = 0; k < 9; k++) {
+    specs.push({ n: [5, 33, 128, 4096][k % 4], dtype: "f32", decay: k % 2 === 0 });
+  }
+  for (let k = 0; k < 7; k++) {
+    specs.push({ n: [6, 64, 300][k % 3], dtype: "bf16", decay: k % 2 === 1 });
+  }
+  specs.push({ n: 40, dtype: "f32", decay: true, state: "bf16" });
+  specs.push({ n: 5000, dtype: "f32", decay: true });
+  const params = specs.map((s, k) =>
+    param(seededArray(s.n, 100 + k), [s.n], { dtype: s.dtype, name: `p${k}` })
+  );
+  const opt = new AdamW(
+    params.map((p, k) => ({
+      name: p.name,
+      tensor: p,
+      decay: specs[k].decay,
+      stateDtype: specs[k].state,
+    })),
+  );
+  const refs = await Promise.all(
+    params.map(async (p, k) => new RefAdamW(await p.toArray(), specs[k].decay)),
+  );
+
+  const limit = gpu().limits.maxStorageBuffersPerShaderStage;
+  const f32Batch = Math.min(8, Math.floor((limit - 1) / 4));
+  const masterBatch = Math.min(8, Math.floor((limit - 1) / 5));
+  for (let s = 0; s < LRS.length; s++) {
+    const grads = specs.map((spec, k) => seededArray(spec.n, 200 + 31 * s + k, -1, 1));
+    params.forEach((p, k) => setGrad(p, grads[k]));
+    const labels = await dispatchLabels(() => opt.step(LRS[s]));
+    const want = Math.ceil(9 / f32Batch) + Math.ceil(7 / masterBatch) + 1 + 1;
+    // Master copies load in the first step only.
+    assert.equal(labels.filter((l) => l.startsWith("adamw(")).length, want, labels.join("\n"));
+    params.forEach((_, k) =>
+      refs[k].step(grads[k], LRS[s], 1, specs[k].state ? roundBf16 : undefined)
+    );
+    // A reset after the second step restarts two parameters' bias correction
+    // while the others in their batches keep counting. A bf16 parameter's
+    // master copy then reloads from its rounded value.
+    if (s === 1) {
+      await opt.resetState([params[1], params[10]]);
+      refs[1] = new RefAdamW(refs[1].p, specs[1].decay);
+      refs[10] = new RefAdamW(refs[10].p.map(roundBf16), specs[10].decay);
+    }
+  }
+
+  for (let k = 0; k < params.length; k++) {
+    const got = specs[k].dtype === "bf16"
+      ? await opt.master(params[k])!.toArray()
+      : await params[k].toArray();
+    assertClose(
+      got,
+      refs[k].p,
+      specs[k].state ? 1e-5 : 2e-6,
+      `p${k} (${specs[k].dtype}, ${specs[k].n})`,
+    );
+  }
+  assert.equal(opt.stepCount(params[1]), 2);
+  assert.equal(opt.stepCount(params[0]), 4);
+  opt.dispose();
+});
+
+Deno.test("adamw stochastic rounding in a shared dispatch keeps one stream per parameter", async () => {
+  // Three equal bf16 parameters with equal gradients share one dispatch. Each
+  // lands within one ulp of the exact update, and their random streams differ.
+  const n = 256;
+  const params = [0, 1, 2].map((k) =>
+    param(seededArray(n, 7, 0.5, 2), [n], { dtype: "bf16", name: `w${k}` })
+  );
+  const opt = new AdamW(params.map((p) => ({ name: p.name, tensor: p, decay: true })), {
+    bf16Update: "stochastic",
+    seed: 3,
+  });
+  const g = seededArray(n, 70, -1, 1);
+  params.forEach((p) => setGrad(p, g));
+  const ref = new RefAdamW(await params[0].toArray(), true);
+  ref.step(g, 1e-3);
+  const labels = await dispatchLabels(() => opt.step(1e-3));
+  assert.equal(labels.length, 1, labels.join("\n"));
+
+  const out = await Promise.all(params.map((p) => p.toArray()));
+  for (const values of out) {
+    for (let i = 0; i < n; i++) {
+      assert.ok(Math.abs(values[i] - ref.p[i]) < bf16Ulp(ref.p[i]) * (1 + 1e-4), `[${i}]`);
+    }
+  }
+  assert.notDeepEqual(out[0], out[1]);
+  assert.notDeepEqual(out[1], out[2]);
   opt.dispose();
 });
