@@ -82,7 +82,12 @@ export {
   matmul,
   setGemmConfig,
 } from "./ops/matmul.ts";
-export { scaleColumns, scaleColumnsBackward } from "./ops/scale_columns.ts";
+export {
+  type ColumnSum,
+  columnSums,
+  scaleColumns,
+  scaleColumnsBackward,
+} from "./ops/scale_columns.ts";
 export { silu, swiglu } from "./ops/activation.ts";
 export { mean, sum } from "./ops/reduce.ts";
 export { softmax } from "./ops/softmax.ts";
