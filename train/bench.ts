@@ -7,8 +7,8 @@
 //   step     tokens/s, step time, MFU, dispatches, submits and waits of whole training steps
 //   memory   peak bytes per ledger class of one training step, per method
 //   data     .bin loader and GPT-2 tokenizer throughput (data/bench.ts)
-//   profile  time per kernel kind of one training step, from a replay of its dispatches per kind
-//            and from timestamp queries
+//   profile  GPU time per kernel kind of one training step of full and bpt, from timestamp
+//            queries around each replayed dispatch (or a replay grouped by kind without them)
 
 import { parseArgs } from "node:util";
 import type { Dispatch, Gpu } from "../core/gpu.ts";
@@ -75,15 +75,17 @@ Measures this adapter and prints one table per suite. Results are merged into
 Suites (default: ${DEFAULT_SUITES.join(" ")})
   gemm      GFLOP/s of the f32 GEMM at 1024³, 512×2048×512 and the qwen2.5-tiny training
             shapes; the best is the adapter's ceiling, used for MFU
-  step      tokens/s, step time (median, min, max), MFU, dispatches, submits and waits per
-            step of full training steps: qwen2.5-tiny at batch 8 × seq 64 (bf16 for every
-            method, f32 for full and bpt) and qwen2.5-100m at batch 1 × seq 64 (bf16)
+  step      tokens/s, step time (median, min, max), the step time minus full's paired by
+            round (median and quartiles), MFU, dispatches, submits and waits per step of
+            full training steps: qwen2.5-tiny at batch 8 × seq 64 (bf16 for every method,
+            f32 for full and bpt) and qwen2.5-100m at batch 1 × seq 64 (bf16)
   memory    peak bytes per ledger class (parameters, gradients, optimizer, activations,
             scratch) of one training step at batch 1 × seq 64 in bf16, for every method
   data      .bin loader and GPT-2 tokenizer throughput in tokens/s
-  profile   time per kernel kind of one qwen2.5-tiny bf16 step of full and bpt, measured
-            by replaying the step's dispatches grouped by kind and, where the device has
-            timestamp-query, by timestamps around each dispatch (not in the default set)
+  profile   GPU time per kernel kind (GEMMs by role) of one qwen2.5-tiny bf16 step of
+            full and bpt side by side, from timestamps around each replayed dispatch, or
+            from a replay grouped by kind where the device lacks timestamp-query (not in
+            the default set)
 
 Flags
   --steps N          measured steps per step-suite configuration (default ${DEFAULTS.steps})
@@ -152,6 +154,22 @@ function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   const mid = Math.floor(s.length / 2);
   return s.length % 2 === 1 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
+}
+
+/** Linear-interpolated quantile q in [0, 1] of xs (the method PyTorch and NumPy default to). */
+export function quantile(xs: number[], q: number): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const at = q * (s.length - 1);
+  const lo = Math.floor(at);
+  return s[lo] + (s[Math.min(lo + 1, s.length - 1)] - s[lo]) * (at - lo);
+}
+
+/** Formats ms as a whole number with its sign, such as +12 or −3. */
+function signed(ms: number): string {
+  const r = Math.round(ms);
+  if (r > 0) return `+${r}`;
+  if (r < 0) return `−${-r}`;
+  return "0";
 }
 
 /** Prints rows as a left-aligned text table with a header line. */
@@ -310,6 +328,11 @@ interface StepRow extends StepConfig {
   dispatchesPerStep: number;
   submitsPerStep: number;
   waitsPerStep: number;
+  /**
+   * Per-round step time minus that of full (same model and dtype) in the same
+   * round: median and quartiles in ms. Null for full itself.
+   */
+  vsFullMs: { median: number; q25: number; q75: number } | null;
 }
 
 async function createTrainer(c: StepConfig, rank: number): Promise<Trainer> {
@@ -366,6 +389,10 @@ async function measureGroup(
     }
     return configs.map((c, j) => {
       const medianMs = median(times[j]);
+      // Paired by round, the difference cancels most of the machine's drift,
+      // which moves medians of separate runs by tens of ms on llvmpipe.
+      const full = configs.findIndex((f) => f.method === "full" && f.dtype === c.dtype);
+      const deltas = full >= 0 && full !== j ? times[j].map((t, i) => t - times[full][i]) : null;
       const tokens = trainers[j].tokensPerStep;
       const flops = stepFlops(trainers[j].config, c.method, args.rank, tokens, c.seqLen).total;
       return {
@@ -381,6 +408,9 @@ async function measureGroup(
         dispatchesPerStep: counts[j].dispatches / args.steps,
         submitsPerStep: counts[j].submits / args.steps,
         waitsPerStep: counts[j].waits / args.steps,
+        vsFullMs: deltas
+          ? { median: median(deltas), q25: quantile(deltas, 0.25), q75: quantile(deltas, 0.75) }
+          : null,
       };
     });
   } finally {
@@ -416,6 +446,7 @@ async function runStep(args: BenchArgs, ceilingGflops: number, waits: { readonly
       "median ms",
       "min ms",
       "max ms",
+      "vs full ms [q25, q75]",
       "GFLOP/step",
       "MFU %",
       "dispatches",
@@ -431,6 +462,9 @@ async function runStep(args: BenchArgs, ceilingGflops: number, waits: { readonly
       r.medianMs.toFixed(0),
       r.minMs.toFixed(0),
       r.maxMs.toFixed(0),
+      r.vsFullMs
+        ? `${signed(r.vsFullMs.median)} [${signed(r.vsFullMs.q25)}, ${signed(r.vsFullMs.q75)}]`
+        : "",
       (r.flopsPerStep / 1e9).toFixed(2),
       (100 * r.mfu).toFixed(1),
       r.dispatchesPerStep.toFixed(0),
@@ -511,10 +545,14 @@ interface KindRow {
   ms: number;
 }
 
-// Kernel kind of a dispatch label such as "gemm(512x128 @ 128x128ᵀ)": the text before "(".
-function kernelKind(label: string): string {
+// Kernel kind of a dispatch label such as "gemm[linear.dW](512x128ᵀ @ 512x128)":
+// the text before "(", which keeps a GEMM's role tag. GEMMs with a dimension
+// of `vocab` are the LM head's, which both methods train in full.
+function kernelKind(label: string, vocab = 0): string {
   const open = label.indexOf("(");
-  return open < 0 ? label : label.slice(0, open);
+  const kind = open < 0 ? label : label.slice(0, open);
+  const head = vocab > 0 && new RegExp(`\\b${vocab}x|x${vocab}\\b`).test(label);
+  return kind.startsWith("gemm") && head ? `${kind} LM head` : kind;
 }
 
 /** One training step's dispatches, captured while it ran. */
@@ -652,19 +690,19 @@ export async function timestampReplay(dispatches: Dispatch[]): Promise<number[] 
 }
 
 /**
- * Replays each capture's dispatches in groups, GEMMs by their full label
- * (which names the shapes) and other kernels by kind, one submission and one
- * wait per group. The captures take turns group by group, 3 rounds, so that a
- * drift of the machine's speed lands on every method alike. (Measured one
- * method after the other, the second ran its identical LM-head GEMMs 5 %
- * slower.) Each group's time is its median minus the empty submit-and-wait.
+ * Fallback for devices without timestamp queries: replays each capture's
+ * dispatches in groups, GEMMs by their full label (which names the shapes)
+ * and other kernels by kind, one submission and one wait per group. The
+ * captures take turns group by group, 3 rounds, so that a drift of the
+ * machine's speed lands on every method alike. Each group's time is its
+ * median minus the empty submit-and-wait. Returns ms per group label.
  */
-async function replayByKind(captures: Capture[], waitMs: number) {
+async function replayByKind(captures: Capture[], waitMs: number): Promise<Map<string, number>[]> {
   const g = gpu();
   const grouped = captures.map((c) => {
     const groups = new Map<string, Dispatch[]>();
     for (const d of c.dispatches) {
-      const key = kernelKind(d.label) === "gemm" ? d.label : kernelKind(d.label);
+      const key = d.label.startsWith("gemm") ? d.label : kernelKind(d.label);
       groups.set(key, [...(groups.get(key) ?? []), d]);
     }
     return [...groups.entries()].map(([key, list]) => ({ key, list, samples: [] as number[] }));
@@ -681,31 +719,61 @@ async function replayByKind(captures: Capture[], waitMs: number) {
       }
     }
   }
+  return grouped.map((groups) =>
+    new Map(groups.map((gr) => [gr.key, Math.max(0, median(gr.samples) - waitMs)]))
+  );
+}
 
-  return grouped.map((groups) => {
-    const timed: KindRow[] = groups.map((gr) => ({
-      kind: gr.key,
-      dispatches: gr.list.length,
-      ms: Math.max(0, median(gr.samples) - waitMs),
-    }));
-    const kinds = new Map<string, KindRow>();
-    for (const row of timed) {
-      const kind = kernelKind(row.kind);
-      const sum = kinds.get(kind) ?? { kind, dispatches: 0, ms: 0 };
-      sum.dispatches += row.dispatches;
-      sum.ms += row.ms;
-      kinds.set(kind, sum);
+// Rounds of timestamp replays per method; their mean smooths out single slow kernels.
+const PROFILE_ROUNDS = 3;
+
+// Time per dispatch label of each trainer's step: the mean of PROFILE_ROUNDS
+// rounds, in which the trainers take turns to run a captured step and replay
+// it with timestamps right away. Replayed at once, kernels read the data of
+// their own step. A replay after another model's step read whatever that one
+// left in the pooled buffers. On llvmpipe the LM head's GEMMs and
+// cross_entropy_backward, identical in both methods, then differed by up to
+// 20 %, as CPU arithmetic can on unusual values such as subnormal numbers.
+// Needs the timestamp-query feature. Returns the times and the first round's
+// captures.
+async function stampedByLabel(trainers: Trainer[]) {
+  const totals = trainers.map(() => new Map<string, number>());
+  const captures: Capture[] = [];
+  for (let r = 0; r < PROFILE_ROUNDS; r++) {
+    for (const [i, trainer] of trainers.entries()) {
+      const cap = await captureStep(trainer);
+      if (r === 0) captures.push(cap);
+      const ms = (await timestampReplay(cap.dispatches))!;
+      cap.dispatches.forEach((d, k) => {
+        totals[i].set(d.label, (totals[i].get(d.label) ?? 0) + ms[k] / PROFILE_ROUNDS);
+      });
     }
-    const byTime = (a: KindRow, b: KindRow) => b.ms - a.ms;
-    return {
-      kinds: [...kinds.values()].sort(byTime),
-      gemms: timed.filter((row) => kernelKind(row.kind) === "gemm").sort(byTime),
-    };
-  });
+  }
+  return { perLabel: totals, captures };
+}
+
+// Sums times per label into rows per kernel kind, with dispatch counts from the capture.
+function byKind(cap: Capture, msByLabel: Map<string, number>, vocab: number): Map<string, KindRow> {
+  const kinds = new Map<string, KindRow>();
+  const counted = new Set<string>();
+  for (const d of cap.dispatches) {
+    const kind = kernelKind(d.label, vocab);
+    const row = kinds.get(kind) ?? { kind, dispatches: 0, ms: 0 };
+    row.dispatches++;
+    // The replay's groups are full GEMM labels and other kernels' kinds; each is added once.
+    const key = msByLabel.has(d.label) ? d.label : kernelKind(d.label);
+    if (!counted.has(key)) {
+      counted.add(key);
+      row.ms += msByLabel.get(key) ?? 0;
+    }
+    kinds.set(kind, row);
+  }
+  return kinds;
 }
 
 async function runProfile(args: BenchArgs) {
-  const configs = (["full", "bpt"] as const).map((method): StepConfig => ({
+  const methods = ["full", "bpt"] as const;
+  const configs = methods.map((method): StepConfig => ({
     model: "qwen2.5-tiny",
     method,
     dtype: "bf16",
@@ -719,68 +787,75 @@ async function runProfile(args: BenchArgs) {
       trainers.push(trainer);
       for (let i = 0; i < Math.max(1, args.warmup); i++) await trainer.trainStep();
     }
-    const captures: Capture[] = [];
-    for (const t of trainers) captures.push(await captureStep(t));
-    const waitMs = await emptyWaitMs();
-    const replays = await replayByKind(captures, waitMs);
-    // GPU time per dispatch from timestamp queries, summed per kernel kind.
-    const stamped: (Map<string, number> | null)[] = [];
-    for (const cap of captures) {
-      const ms = await timestampReplay(cap.dispatches);
-      if (!ms) {
-        stamped.push(null);
-        continue;
-      }
-      const perKind = new Map<string, number>();
-      cap.dispatches.forEach((d, k) => {
-        const kind = kernelKind(d.label);
-        perKind.set(kind, (perKind.get(kind) ?? 0) + ms[k]);
-      });
-      stamped.push(perKind);
+    const vocab = trainers[0].config.vocabSize;
+    let source = `timestamp queries, mean of ${PROFILE_ROUNDS} replays`;
+    let captures: Capture[] = [];
+    let perLabel: Map<string, number>[];
+    if (gpu().device.features.has("timestamp-query")) {
+      ({ perLabel, captures } = await stampedByLabel(trainers));
+    } else {
+      for (const t of trainers) captures.push(await captureStep(t));
+      const waitMs = await emptyWaitMs();
+      source = `grouped replay (no timestamp-query; empty submit-and-wait of ${
+        waitMs.toFixed(1)
+      } ms subtracted per group)`;
+      perLabel = await replayByKind(captures, waitMs);
     }
+    const kinds = captures.map((cap, i) => byKind(cap, perLabel[i], vocab));
+
+    for (const [i, c] of configs.entries()) {
+      const cap = captures[i];
+      console.log(
+        `${c.model} ${c.method} ${c.dtype} ${c.batch}×${c.seqLen} rank ${args.rank}: step ${
+          cap.stepMs.toFixed(0)
+        } ms, ${cap.dispatches.length} dispatches, recording them ${cap.recordMs.toFixed(0)} ms`,
+      );
+    }
+    console.log(`GPU ms per step by kernel kind, from ${source}:`);
+    const all = [...new Set(kinds.flatMap((k) => [...k.keys()]))];
+    const ms = (i: number, kind: string) => kinds[i].get(kind)?.ms ?? 0;
+    all.sort((p, q) => Math.max(ms(0, q), ms(1, q)) - Math.max(ms(0, p), ms(1, p)));
+    const total = (i: number) => [...kinds[i].values()].reduce((sum, k) => sum + k.ms, 0);
+    printTable(
+      ["kernel", "full dispatches", "full ms", "bpt dispatches", "bpt ms", "bpt − full ms"],
+      [
+        ...all.map((kind) => [
+          kind,
+          kinds[0].get(kind)?.dispatches ?? 0,
+          ms(0, kind).toFixed(1),
+          kinds[1].get(kind)?.dispatches ?? 0,
+          ms(1, kind).toFixed(1),
+          (ms(1, kind) - ms(0, kind)).toFixed(1),
+        ]),
+        [
+          "total",
+          captures[0].dispatches.length,
+          total(0).toFixed(1),
+          captures[1].dispatches.length,
+          total(1).toFixed(1),
+          (total(1) - total(0)).toFixed(1),
+        ],
+      ],
+    );
 
     return configs.map((c, i) => {
-      const { kinds, gemms } = replays[i];
-      const cap = captures[i];
-      const kernelMs = kinds.reduce((s, k) => s + k.ms, 0);
-      const stamps = stamped[i];
-      const stampedMs = stamps ? [...stamps.values()].reduce((s, v) => s + v, 0) : NaN;
-      console.log(
-        `${c.model} ${c.method} ${c.dtype} ${c.batch}×${c.seqLen}: step ${
-          cap.stepMs.toFixed(0)
-        } ms, ` +
-          `${cap.dispatches.length} dispatches, recording them ${cap.recordMs.toFixed(0)} ms, ` +
-          `kernels replayed by kind ${kernelMs.toFixed(0)} ms, empty submit-and-wait ` +
-          `${waitMs.toFixed(1)} ms, kernels by timestamp queries ${
-            stamps ? `${stampedMs.toFixed(0)} ms` : "unavailable"
-          }`,
-      );
-      printTable(
-        ["kernel", "dispatches", "ms/step", "% of kernels", "timestamps ms"],
-        kinds.map((k) => [
-          k.kind,
-          k.dispatches,
-          k.ms.toFixed(1),
-          (100 * k.ms / kernelMs).toFixed(1),
-          stamps ? (stamps.get(k.kind) ?? 0).toFixed(1) : "-",
-        ]),
-      );
-      console.log(`slowest GEMM shapes of the ${gemms.length}:`);
-      printTable(
-        ["gemm", "dispatches", "ms/step"],
-        gemms.slice(0, 8).map((k) => [k.kind, k.dispatches, k.ms.toFixed(1)]),
-      );
-      console.log("");
+      const gemms = [...perLabel[i].entries()]
+        .filter(([label]) => label.startsWith("gemm"))
+        .map(([label, t]) => ({
+          label,
+          dispatches: captures[i].dispatches.filter((d) => d.label === label).length,
+          ms: t,
+        }))
+        .sort((p, q) => q.ms - p.ms);
       return {
         ...c,
         rank: args.rank,
-        stepMs: cap.stepMs,
-        recordMs: cap.recordMs,
-        waitMs,
-        dispatches: cap.dispatches.length,
-        kinds,
+        stepMs: captures[i].stepMs,
+        recordMs: captures[i].recordMs,
+        dispatches: captures[i].dispatches.length,
+        source,
+        kinds: [...kinds[i].values()].sort((p, q) => q.ms - p.ms),
         gemms,
-        timestampMs: stamps ? Object.fromEntries(stamps) : null,
       };
     });
   } finally {

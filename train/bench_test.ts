@@ -157,3 +157,11 @@ Deno.test("timestampReplay times each dispatch, or says the feature is missing",
     assert.ok(Math.abs(after[i] - want[i]) < 1e-5 * (1 + Math.abs(want[i])), `element ${i}`);
   }
 });
+
+Deno.test("quantile interpolates as NumPy's default does", async () => {
+  const { quantile } = await import("./bench.ts");
+  // numpy.quantile([4, 1, 3, 2], [0, 0.25, 0.5, 0.75, 1]) = [1, 1.75, 2.5, 3.25, 4]
+  const xs = [4, 1, 3, 2];
+  assert.deepEqual([0, 0.25, 0.5, 0.75, 1].map((q) => quantile(xs, q)), [1, 1.75, 2.5, 3.25, 4]);
+  assert.equal(quantile([7], 0.25), 7);
+});
