@@ -156,6 +156,18 @@ export interface GemmOptions {
    * gemm[tag](..), so that profiles can group GEMMs by role.
    */
   tag?: string;
+  /**
+   * Sums over K along one operand, taken in the GEMM's k loop. With `of: "B"`
+   * (B stored [K, N] without transB), `dot` gets Σ_k op(B)[k, j] · x[k, j]
+   * and `plain` Σ_k op(B)[k, j] for each column j. With `of: "A"` (A stored
+   * [K, M] with transA) they are the same sums over op(A)'s rows i. Both are
+   * f32 and added to what they hold; x is laid out as that operand. BPT's
+   * backward takes da and the bias gradient from its dU GEMM this way, and db
+   * from dV. Only a 2-D product without scaleK takes them, and only when it
+   * runs as one unsplit kernel that reads the operand row by row. `gemm`
+   * returns false when it did not take them, and then it computed neither.
+   */
+  sums?: { of: "A" | "B"; x?: Tensor; dot?: Tensor; plain?: Tensor };
 }
 
 // One GEMM problem in element units. A batched operand advances by its stride
@@ -226,7 +238,7 @@ function checkShapes(op: string, a: Tensor, b: Tensor, transA: boolean, transB: 
  * is [.., M, N] with the batch dimensions, or [M, N] to sum over the batch
  * (a shared weight's gradient).
  */
-export function gemm(c: Tensor, a: Tensor, b: Tensor, opts: GemmOptions = {}): void {
+export function gemm(c: Tensor, a: Tensor, b: Tensor, opts: GemmOptions = {}): boolean {
   const transA = opts.transA ?? false;
   const transB = opts.transB ?? false;
   const { m, n, k, batchShape, aBatched, bBatched } = checkShapes("gemm", a, b, transA, transB);
@@ -285,6 +297,8 @@ export function gemm(c: Tensor, a: Tensor, b: Tensor, opts: GemmOptions = {}): v
     label: describe(a, b, transA, transB),
     tag: opts.tag ? `[${opts.tag}]` : "",
     ...extraTensors(opts),
+    sums: sumsSpec(opts, a, b, m, n, batch, transA, transB),
+    sumsDone: { done: false },
   };
 
   const copy = opts.scaledCopy;
@@ -312,6 +326,45 @@ export function gemm(c: Tensor, a: Tensor, b: Tensor, opts: GemmOptions = {}): v
     const rows = c.numel / Math.max(n, 1);
     scaleColumns(copy.out.reshape([rows, n]), c.reshape([rows, n]), copy.scale, copy.bias);
   }
+  return !opts.sums || run.sumsDone!.done;
+}
+
+// The in-kernel sums of GemmOptions.sums, or null when the product cannot take them.
+function sumsSpec(
+  opts: GemmOptions,
+  a: Tensor,
+  b: Tensor,
+  m: number,
+  n: number,
+  batch: number,
+  transA: boolean,
+  transB: boolean,
+): Run["sums"] {
+  const sums = opts.sums;
+  if (!sums || (!sums.dot && !sums.plain)) return null;
+  const operand = sums.of === "A" ? a : b;
+  const len = sums.of === "A" ? m : n;
+  for (const t of [sums.dot, sums.plain]) {
+    if (t && (t.dtype !== "f32" || t.numel !== len)) {
+      throw new ShapeError(
+        `gemm: sums over ${sums.of} need f32 outputs of ${len} elements, got ${t.dtype} ${t.shapeString}`,
+      );
+    }
+  }
+  if (sums.x && sums.x.shape.join() !== operand.shape.join()) {
+    throw new ShapeError(
+      `gemm: sums over ${sums.of} need x of its shape ${operand.shapeString}, got ${sums.x.shapeString}`,
+    );
+  }
+  if (sums.dot && !sums.x) {
+    throw new ShapeError(`gemm: sums over ${sums.of} with a dot output need x`);
+  }
+  const rowWise = sums.of === "A" ? transA : !transB;
+  const ok = batch === 1 && a.shape.length === 2 && b.shape.length === 2 && rowWise &&
+    !opts.scaleK;
+  if (!ok) return null;
+  const dot = sums.dot ?? null;
+  return { of: sums.of, x: dot ? sums.x! : null, dot, plain: sums.plain ?? null };
 }
 
 // Checks scaleK, scaleM, scaleN, addend and scaledCopy against C and the product's M, K and N.
@@ -535,6 +588,10 @@ interface Run {
   label: string;
   /** GemmOptions.tag in brackets, or "". */
   tag: string;
+  /** GemmOptions.sums as the kernel may take them (`of` flips with the operands), or null. */
+  sums?: { of: "A" | "B"; x: Tensor | null; dot: Tensor | null; plain: Tensor | null } | null;
+  /** Set when a kernel took the sums; shared by the copies of a run. */
+  sumsDone?: { done: boolean };
   /** GemmOptions.scaleK, scaleM, scaleN and addend. */
   scaleK: Tensor | null;
   scaleM: Tensor | null;
@@ -846,6 +903,7 @@ function dispatchKernel(
       scaleM: run.scaleN,
       scaleN: run.scaleM,
       transposed: true,
+      sums: run.sums ? { ...run.sums, of: run.sums.of === "A" ? "B" : "A" } : null,
     };
     const outT: Output = { ...out, scaleM: out.scaleN, scaleN: out.scaleM };
     return dispatchKernel(runT, pt, blkT, cfg, wb, wa, outT);
@@ -873,6 +931,19 @@ function dispatchKernel(
   }
   const copy = run.scaledCopy;
   if (copy) multiples.push(copy.ws.offset, copy.wy.offset, copy.wbias?.offset ?? 0);
+  // The sums run in the k loop over B's rows, so the block must be the whole
+  // product, in one kernel with all of K.
+  const whole = blk.m0 === 0 && blk.n0 === 0 && blk.k0 === 0 && blk.mb === p.m &&
+    blk.nb === p.n && blk.kb === p.k && blk.z === 1;
+  const sums = run.sums?.of === "B" && !p.transB && !split && !second && whole ? run.sums : null;
+  const sumWindows = sums
+    ? {
+      x: sums.x ? window(sums.x, 0, sums.x.numel) : null,
+      dot: sums.dot ? window(sums.dot, 0, p.n) : null,
+      plain: sums.plain ? window(sums.plain, 0, p.n) : null,
+    }
+    : null;
+  if (sumWindows?.x) multiples.push(sumWindows.x.offset);
   // scaleM is read one row at a time and needs no alignment.
   for (const w of [out.scaleK, out.scaleN, out.addend]) if (w) multiples.push(w.offset);
   const vec = multiples.every((x) => x % 4 === 0);
@@ -902,6 +973,7 @@ function dispatchKernel(
     scaleM: out.scaleM ? run.scaleM!.dtype : null,
     scaleN: out.scaleN ? run.scaleN!.dtype : null,
     addend: out.addend ? run.addend!.dtype : null,
+    sums: sums ? { x: sums.x?.dtype ?? null, dot: !!sums.dot, plain: !!sums.plain } : null,
   };
   const buffers: GPUBufferBinding[] = [wa.binding, wb.binding, out.window.binding];
   if (out.bias) buffers.push(out.bias.binding);
@@ -909,6 +981,10 @@ function dispatchKernel(
   if (copy) buffers.push(copy.ws.binding, copy.wy.binding);
   if (copy?.wbias) buffers.push(copy.wbias.binding);
   for (const w of [out.scaleK, out.scaleM, out.scaleN, out.addend]) if (w) buffers.push(w.binding);
+  for (const w of [sumWindows?.x, sumWindows?.dot, sumWindows?.plain]) {
+    if (w) buffers.push(w.binding);
+  }
+  if (sums) run.sumsDone!.done = true;
   gpu().dispatch({
     label: `gemm${run.tag}(${
       blk.z > 1 && !split ? `${blk.z}x ` : ""
@@ -946,6 +1022,9 @@ function dispatchKernel(
       out.scaleN?.offset ?? 0,
       out.addend?.offset ?? 0,
       out.scaleM?.offset ?? 0,
+      sumWindows?.x?.offset ?? 0,
+      sumWindows?.dot?.offset ?? 0,
+      sumWindows?.plain?.offset ?? 0,
     ),
     workgroups: [
       Math.ceil(blk.nb / (tileN * cfg.workgroupX)),
@@ -1054,6 +1133,8 @@ interface KernelSpec extends GemmConfig {
   scaleM: DType | null;
   scaleN: DType | null;
   addend: DType | null;
+  /** Column sums of B over K in the k loop (GemmOptions.sums): x's dtype and which outputs. */
+  sums: { x: DType | null; dot: boolean; plain: boolean } | null;
 }
 
 const kernels = new Map<string, string>();
@@ -1072,7 +1153,8 @@ function kernel(spec: KernelSpec): string {
 // dimensions are in elements. kSplit is the K per split-K slice, 0 unless the
 // kernel is a split-K one. The fields ending in 2 describe the second product
 // of a `gemmSum` kernel, and offS, offY and offBias2 its scaled copy. offSK,
-// offSN, offD and offSM locate scaleK, scaleN, the addend and scaleM.
+// offSN, offD and offSM locate scaleK, scaleN, the addend and scaleM, and
+// offX, offSD and offSP the sums' x and outputs.
 const PARAMS = `
 struct P {
   m: u32, n: u32, k: u32,
@@ -1084,6 +1166,7 @@ struct P {
   k2: u32, lda2: u32, ldb2: u32, offA2: u32, offB2: u32,
   offS: u32, offY: u32, offBias2: u32,
   offSK: u32, offSN: u32, offD: u32, offSM: u32,
+  offX: u32, offSD: u32, offSP: u32,
 }
 @group(0) @binding(0) var<uniform> p: P;`;
 
@@ -1140,8 +1223,10 @@ function vecKernel(s: KernelSpec): string {
   out.push(...extraDecls(s, vecStorage, s.storeT ? storage : vecStorage));
   out.push(header(s));
   out.push(accumulators(s));
+  out.push(...sumsDecls(s, 4));
   out.push(...vecLoop(s, FIRST));
   if (s.second) out.push(...vecLoop(s, SECOND));
+  out.push(...sumsStores(s, 4));
   if (s.storeT) return [...out, ...transposedStores(s), `}`].join("\n");
 
   // Row scales past the last row are read (bounded by WebGPU) but never stored.
@@ -1270,7 +1355,10 @@ function extraBindings(s: KernelSpec) {
   const sm = s.scaleM ? take() : 0;
   const sn = s.scaleN ? take() : 0;
   const d = s.addend ? take() : 0;
-  return { a, b, scale, y, bias2, sk, sm, sn, d };
+  const x = s.sums?.x ? take() : 0;
+  const sd = s.sums?.dot ? take() : 0;
+  const sp = s.sums?.plain ? take() : 0;
+  return { a, b, scale, y, bias2, sk, sm, sn, d, x, sd, sp };
 }
 
 // Declarations of scaleK (read by the k loop's loader), scaleN and the addend
@@ -1283,6 +1371,63 @@ function extraDecls(s: KernelSpec, loopLoad: Loader, storeLoad: Loader): string[
   if (s.scaleM) out.push(storage(extra.sm, "SM", s.scaleM));
   if (s.scaleN) out.push(storeLoad(extra.sn, "SN", s.scaleN));
   if (s.addend) out.push(storeLoad(extra.d, "D", s.addend));
+  if (s.sums?.x) out.push(loopLoad(extra.x, "X", s.sums.x));
+  const sumOut = (binding: number, name: string) =>
+    `@group(0) @binding(${binding}) var<storage, read_write> ${name}: array<f32>;`;
+  if (s.sums?.dot) out.push(sumOut(extra.sd, "SD"));
+  if (s.sums?.plain) out.push(sumOut(extra.sp, "SP"));
+  return out;
+}
+
+// Accumulators of GemmOptions.sums, taken only by invocations of the first
+// row tile so that each column is summed once: ds<j> and ps<j> (vec4 per four
+// columns in the vec4 kernel, one per column in the scalar one).
+function sumsDecls(s: KernelSpec, width: number): string[] {
+  if (!s.sums) return [];
+  const count = width === 4 ? s.tileN / 4 : s.tileN;
+  const zero = width === 4 ? "vec4<f32>(0.0)" : "0.0";
+  return [
+    `  let doSums = row0 == 0u;`,
+    lines(count, (j) => `  var ds${j} = ${zero};\n  var ps${j} = ${zero};`),
+  ];
+}
+
+// One k step of the sums: the values of B just loaded (bv<u>_<j> in the vec4
+// kernel, four k at a time, or b<j> in the scalar one) times x's, added up.
+function sumsStep(s: KernelSpec, width: number): string[] {
+  const out = [`    if (doSums) {`];
+  const add = (acc: string, b: string, x: string) => {
+    if (s.sums!.x) out.push(`      ds${acc} = fma(${b}, ${x}, ds${acc});`);
+    if (s.sums!.plain) out.push(`      ps${acc} = ps${acc} + ${b};`);
+  };
+  if (width === 4) {
+    for (let u = 0; u < 4; u++) {
+      for (let j = 0; j < s.tileN / 4; j++) {
+        const x = `lv_X(p.offX + col0 + (k + ${u}u) * p.ldb + ${4 * j}u)`;
+        add(`${j}`, `bv${u}_${j}`, s.sums!.x ? x : "");
+      }
+    }
+  } else {
+    for (let j = 0; j < s.tileN; j++) add(`${j}`, `b${j}`, `ld_X(cx${j} + k * p.ldb)`);
+  }
+  out.push(`    }`);
+  return out;
+}
+
+// Adds the sums of each column into SD and SP.
+function sumsStores(s: KernelSpec, width: number): string[] {
+  if (!s.sums) return [];
+  const out = [`  if (doSums) {`];
+  for (let j = 0; j < s.tileN; j++) {
+    const v = width === 4 ? `[${j & 3}]` : "";
+    const k = width === 4 ? j >> 2 : j;
+    const col = `col0 + ${j}u`;
+    const adds: string[] = [];
+    if (s.sums.dot) adds.push(`SD[p.offSD + ${col}] = SD[p.offSD + ${col}] + ds${k}${v};`);
+    if (s.sums.plain) adds.push(`SP[p.offSP + ${col}] = SP[p.offSP + ${col}] + ps${k}${v};`);
+    out.push(`    if (${col} < p.n) { ${adds.join(" ")} }`);
+  }
+  out.push(`  }`);
   return out;
 }
 
@@ -1311,6 +1456,7 @@ function vecLoop(s: KernelSpec, o: Operands): string[] {
       const j = t % nv;
       return `    let bv${u}_${j} = lv_${o.b}(rb + (k + ${u}u) * ${o.ldb} + ${4 * j}u)${sk(u)};`;
     }));
+    if (s.sums && o === FIRST) out.push(...sumsStep(s, 4));
   } else {
     out.push(lines(s.tileN, (j) => `    let b${j} = lv_${o.b}(rb + k + ${j}u * ${o.ldb});`));
     out.push(lines(4 * nv, (t) => {
@@ -1368,8 +1514,13 @@ function scalarKernel(s: KernelSpec): string {
   out.push(...extraDecls(s, storage, storage));
   out.push(header(s));
   out.push(accumulators(s));
+  out.push(...sumsDecls(s, 1));
+  if (s.sums) {
+    out.push(lines(tn, (j) => `  let cx${j} = p.offX + min(col0 + ${j}u, p.n - 1u);`));
+  }
   out.push(...scalarLoop(s, FIRST));
   if (s.second) out.push(...scalarLoop(s, SECOND));
+  out.push(...sumsStores(s, 1));
   if (s.storeT) return [...out, ...transposedStores(s), `}`].join("\n");
 
   for (let i = 0; i < tm; i++) {
@@ -1437,6 +1588,7 @@ function scalarLoop(s: KernelSpec, o: Operands): string[] {
           : `    let b${j} = ld_${o.b}(cb${j} + k * ${o.ldb})${sk};`,
     ),
   );
+  if (s.sums && o === FIRST && !s.transB) out.push(...sumsStep(s, 1));
   for (let jv = 0; jv < nv; jv++) {
     out.push(
       `    let bv${jv} = vec4<f32>(b${4 * jv}, b${4 * jv + 1}, b${4 * jv + 2}, b${4 * jv + 3});`,

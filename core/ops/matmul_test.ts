@@ -908,3 +908,67 @@ Deno.test("gemm scaleK and scaled copy summed over the batch", async () => {
   const wantY = want.map((v, i) => v * scale[i % n]);
   assert.ok(maxError(await y.toArray(), wantY) < 1e-5, "scaled copy");
 });
+
+Deno.test("gemm sums B's columns or A's rows over K in its kernel, or says it did not", async () => {
+  const configs: [string, GemmConfig][] = [
+    ["gpu", GPU_CONFIG],
+    ["narrow", NARROW_CONFIG],
+    ["split-K", SPLIT_CONFIGS[0][1]],
+  ];
+  for (const [name, config] of configs) {
+    await withConfig(config, async () => {
+      // vec4 and scalar kernels; [36, 20] is narrow enough to run as Cᵀ under "narrow".
+      for (const [m, n, k] of [[36, 20, 12], [7, 13, 5], [20, 36, 12], [36, 20, 260]]) {
+        for (const  of of["A", "B"] as const) {
+          const len = of === "A" ? m : n;
+          // The summed operand is stored [K, len]: A with transA, B without transB.
+          const a = seededArray(m * k, 120);
+          const b = seededArray(k * n, 121);
+          const x = seededArray(k * len, 122);
+          const dot0 = seededArray(len, 123);
+          const plain0 = seededArray(len, 124);
+          const dot = fromArray(dot0, [len]);
+          const plain = fromArray(plain0, [len]);
+          const c = empty([m, n]);
+          const transA = of === "A";
+          const took = gemm(
+            c,
+            fromArray(a, transA ? [k, m] : [m, k]),
+            fromArray(b, [k, n]),
+            { transA, sums: { of, x: fromArray(x, [k, len]), dot, plain } },
+          );
+          const caseName = `${name} ${m}x${n}x${k} sums over ${of}`;
+          const transposed = name === "narrow" && n < 128 && m > n;
+          const split = name === "split-K" && k > 16;
+          assert.equal(took, (of === "A" ? transposed : !transposed) && !split, caseName);
+          assert.ok(maxError(await c.toArray(), reference(a, b, m, n, k, transA)) < 1e-5, caseName);
+          const summed = of === "A" ? a : b;
+          const wantDot = Float64Array.from(dot0);
+          const wantPlain = Float64Array.from(plain0);
+          if (took) {
+            for (let q = 0; q < k; q++) {
+              for (let j = 0; j < len; j++) {
+                wantDot[j] += summed[q * len + j] * x[q * len + j];
+                wantPlain[j] += summed[q * len + j];
+              }
+            }
+          }
+          assert.ok(maxError(await dot.toArray(), wantDot) < 1e-5, `${caseName}: dot`);
+          assert.ok(maxError(await plain.toArray(), wantPlain) < 1e-5, `${caseName}: plain`);
+        }
+      }
+    });
+  }
+  assert.throws(
+    () =>
+      gemm(
+        empty([4, 5]),
+        fromArray(new Float32Array(12), [4, 3]),
+        fromArray(new Float32Array(15), [3, 5]),
+        {
+          sums: { of: "B", dot: empty([5]) },
+        },
+      ),
+    /need x/,
+  );
+});
