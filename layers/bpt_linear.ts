@@ -14,14 +14,15 @@
 //   dV = dtᵀ xb            dxb = dz W + dt V = dz W_eff
 //   db = Σ_rows dxb ⊙ x    dx = dxb ⊙ b
 // Neither dz nor a separate pass for dx exists: the GEMMs reading dz scale
-// their rows or K by a, and the dxb GEMM also writes dx. da, db and dbias
-// are column sums of one kernel (columnSums). Gradients of inputs that do
-// not require one are skipped with their GEMMs.
+// their rows or K by a, and the dxb GEMM also writes dx. The dU and dV GEMMs
+// sum da, dbias and db in their k loops where they can, and one columnSums
+// kernel does it otherwise. Gradients of inputs that do not require one are
+// skipped with their GEMMs.
 
 import { leafGrad, record } from "../core/autograd.ts";
 import { gemm, type GemmOptions, gemmSum } from "../core/ops/matmul.ts";
 import { type ColumnSum, columnSums } from "../core/ops/scale_columns.ts";
-import { empty, ShapeError, type Tensor } from "../core/tensor.ts";
+import { empty, ShapeError, type Tensor, zeros } from "../core/tensor.ts";
 
 /**
  * Returns whether a BPT linear over `rows` input rows merges W_eff = W + U V
@@ -111,19 +112,13 @@ function bptLinearBackward(s: Saved, dy: Tensor): (Tensor | null)[] {
   // dz = dy ⊙ a is never stored: dW and dU scale their rows by a, and dt and
   // dxb scale their K. dW = dzᵀ xb and dV = dtᵀ xb scale their columns by b.
   const dw = w.requiresGrad
-    ? gemmGrad(w, [n, m], dy, x, { transA: true, scaleM: a, scaleN: b, tag: "bpt.dW" })
-    : null;
-  const du = u.requiresGrad
-    ? gemmGrad(u, [n, r], dy, t, { transA: true, scaleM: a, tag: "bpt.dU" })
+    ? gemmGrad(w, [n, m], dy, x, { transA: true, scaleM: a, scaleN: b, tag: "bpt.dW" }).grad
     : null;
   let dt: Tensor | null = null;
   if (needDt) {
     dt = empty([rows, r]);
     gemm(dt, dy, u, { scaleK: a, tag: "bpt.dt" });
   }
-  const dv = v.requiresGrad
-    ? gemmGrad(v, [r, m], dt!, x, { transA: true, scaleN: b, tag: "bpt.dV" })
-    : null;
 
   // dxb = dz W_eff (or dz W + dt V), and dx = dxb ⊙ b from the same kernel.
   // db needs dxb itself; without db the kernel writes dx alone.
@@ -144,39 +139,78 @@ function bptLinearBackward(s: Saved, dy: Tensor): (Tensor | null)[] {
     else gemmSum(out, dy, w, dt!, v, opts);
   }
 
-  // da = Σ_rows dy ⊙ z, db = Σ_rows dxb ⊙ x and dbias = Σ_rows dy in one pass.
-  // TODO: sum da and dbias in the k loop of the dU GEMM, which reads dy row by
-  // row, and db in that of dV, which reads x. On llvmpipe this pass takes 28
-  // dispatches and about 17 ms of a qwen2.5-tiny step (deno task bench profile).
-  const sums: ColumnSum[] = [{ g: dy, x: z, param: a }];
-  const dbAt = dxb ? sums.push({ g: dxb, x, param: b }) - 1 : -1;
-  const biasAt = bias ? sums.push({ g: dy, param: bias }) - 1 : -1;
-  const summed = columnSums(sums);
+  // da = Σ_rows dy ⊙ z and dbias = Σ_rows dy are sums over the dU GEMM's K,
+  // which reads dy, and db = Σ_rows dxb ⊙ x over dV's, which reads x. Those
+  // GEMMs take them in their k loops where they can (GemmOptions.sums), and
+  // columnSums computes the rest in one pass.
+  const da = sumTarget(a);
+  const dbias = sumTarget(bias);
+  const db = dxb ? sumTarget(b) : null;
+  let du: Tensor | null = null;
+  if (u.requiresGrad) {
+    const sums = da || dbias
+      ? { of: "A" as const, x: z, dot: da?.out, plain: dbias?.out }
+      : undefined;
+    const res = gemmGrad(u, [n, r], dy, t, { transA: true, scaleM: a, tag: "bpt.dU", sums });
+    du = res.grad;
+    if (res.took && da) da.done = true;
+    if (res.took && dbias) dbias.done = true;
+  }
+  let dv: Tensor | null = null;
+  if (v.requiresGrad) {
+    const sums = db ? { of: "B" as const, x: dxb!, dot: db.out } : undefined;
+    const res = gemmGrad(v, [r, m], dt!, x, { transA: true, scaleN: b, tag: "bpt.dV", sums });
+    dv = res.grad;
+    if (res.took && db) db.done = true;
+  }
+
+  const rest: ColumnSum[] = [];
+  if (da && !da.done) rest.push({ g: dy, x: z, param: a });
+  if (db && !db.done) rest.push({ g: dxb!, x, param: b });
+  if (dbias && !dbias.done) rest.push({ g: dy, param: bias! });
+  const summed = columnSums(rest);
   dxb?.dispose();
   dt?.dispose();
-  const da = summed[0];
-  const db = dbAt >= 0 ? summed[dbAt] : null;
-  const dbias = biasAt >= 0 ? summed[biasAt] : null;
-  return [dx, dw, du, dv, da, db, dbias];
+  const result = (target: SumTarget | null) => {
+    if (!target) return null;
+    if (target.done) return target.fresh ? target.out : null;
+    if (target.fresh) target.out.dispose();
+    return summed[rest.findIndex((c) => c.param === target.param)];
+  };
+  return [dx, dw, du, dv, result(da), result(db), result(dbias)];
+}
+
+// The tensor into which a GEMM adds the row sums that are the gradient of a
+// vector `param`: its leaf gradient, or a fresh zeroed tensor that becomes the
+// gradient.
+interface SumTarget {
+  param: Tensor;
+  out: Tensor;
+  fresh: boolean;
+  /** A GEMM computed the sum (see GemmOptions.sums). */
+  done: boolean;
+}
+
+function sumTarget(param: Tensor | undefined): SumTarget | null {
+  if (!param?.requiresGrad) return null;
+  const leaf = leafGrad(param);
+  return { param, out: leaf ?? zeros([param.numel]), fresh: !leaf, done: false };
 }
 
 // op(A) · op(B) as the gradient of `param`: added into its leaf gradient when
 // it has one (and null returned), else written to a new tensor of `shape`.
+// `took` is what gemm returns: whether it computed GemmOptions.sums.
 function gemmGrad(
   param: Tensor,
   shape: number[],
   a: Tensor,
   b: Tensor,
   opts: GemmOptions,
-): Tensor | null {
+): { grad: Tensor | null; took: boolean } {
   const leaf = leafGrad(param);
-  if (leaf) {
-    gemm(leaf, a, b, { ...opts, beta: 1 });
-    return null;
-  }
+  if (leaf) return { grad: null, took: gemm(leaf, a, b, { ...opts, beta: 1 }) };
   const out = empty(shape);
-  gemm(out, a, b, opts);
-  return out;
+  return { grad: out, took: gemm(out, a, b, opts) };
 }
 
 function checkShapes(

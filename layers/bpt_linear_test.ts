@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { backward, clearTape, noGrad, tapeLength } from "../core/autograd.ts";
 import { add, mul } from "../core/ops/elementwise.ts";
-import { linear } from "../core/ops/matmul.ts";
+import { type GemmConfig, linear, setGemmConfig } from "../core/ops/matmul.ts";
 import { fromArray, gpu, initGpu, scoped, type Tensor } from "../core/tensor.ts";
 import { assertClose, dispatchLabels, seededArray } from "../core/testing.ts";
 import { bptLinear, mergeWeights } from "./bpt_linear.ts";
@@ -187,6 +187,34 @@ Deno.test("bptLinear merges W + U V only for enough rows", async () => {
     for (const leaf of t) {
       leaf.grad?.dispose();
       leaf.dispose();
+    }
+  }
+});
+
+Deno.test("bptLinear takes da, db and dbias in its dU and dV GEMMs where they can", async () => {
+  const c: Case = { xShape: [3, 50, M], bias: true, xGrad: true, wGrad: false };
+  const want = await evaluate(c, unfused);
+  // With narrow C computed as Cᵀ (the fallback adapter's tiles) dU sums da and
+  // dbias and dV sums db. With the GPU tiles dU runs as is and cannot, so one
+  // columnSums kernel adds da and dbias.
+  const configs: [GemmConfig, number][] = [
+    [{ workgroupX: 8, workgroupY: 1, tileM: 16, tileN: 16, transposeNarrow: true }, 0],
+    [{ workgroupX: 16, workgroupY: 16, tileM: 4, tileN: 4 }, 1],
+  ];
+  for (const [config, passes] of configs) {
+    setGemmConfig(config);
+    try {
+      let got: Awaited<ReturnType<typeof evaluate>> | null = null;
+      const labels = await dispatchLabels(async () => {
+        got = await evaluate(c, fused);
+      });
+      const name = `transposeNarrow=${config.transposeNarrow ?? false}`;
+      assert.equal(labels.filter((l) => l.startsWith("columnSums")).length, passes, name);
+      got!.grads.forEach((g, i) => {
+        if (g && want.grads[i]) assertClose(g, want.grads[i]!, 1e-5, `${name} d${NAMES[i]}`);
+      });
+    } finally {
+      setGemmConfig(null);
     }
   }
 });

@@ -221,13 +221,13 @@ export interface ColumnSum {
 }
 
 /**
- * Computes several column sums over the same rows in one pass: BPT's
- * da = Σ_rows dy ⊙ z, db = Σ_rows dxb ⊙ x and dbias = Σ_rows dy. Each sum is
- * added to its param's leaf gradient (and null returned, see leafGrad) or
- * returned as a new [C] tensor. Rows of up to 512 take one dispatch in all,
- * longer inputs one more sumRows per sum. Sums whose inputs exceed one
- * binding, or more sums than the device's storage bindings allow, run as
- * separate kernels.
+ * Computes several column sums over the same rows in one pass, such as BPT's
+ * da = Σ_rows dy ⊙ z, db = Σ_rows dxb ⊙ x and dbias = Σ_rows dy where its
+ * GEMMs cannot take them (GemmOptions.sums). Each sum is added to its param's
+ * leaf gradient (and null returned, see leafGrad) or returned as a new [C]
+ * tensor. Rows of up to 512 take one dispatch in all, longer inputs one more
+ * sumRows per sum. Sums whose inputs exceed one binding, or more sums than
+ * the device's storage bindings allow, run as separate kernels.
  */
 export function columnSums(sums: readonly ColumnSum[]): (Tensor | null)[] {
   const jobs = sums.filter((s) => s.param.requiresGrad);
