@@ -286,7 +286,7 @@ export class AdamW {
     for (const batch of batches.values()) this.#dispatch(batch, scale);
   }
 
-  // The update of one parameter as one job per binding window.
+  // Splits one parameter's update into one job per binding window.
   #jobs(slot: Slot, grad: Tensor, lr: number): Job[] {
     const t = slot.step;
     const values = {
@@ -332,7 +332,7 @@ export class AdamW {
     return jobs;
   }
 
-  // One dispatch updating `jobs`, which share dtypes and write mode.
+  // Records one dispatch that updates `jobs`, which share dtypes and write mode.
   #dispatch(jobs: Job[], scale: Tensor) {
     const { slot, grad } = jobs[0];
     const code = updateCode(slot.tensor.dtype, grad.dtype, slot.stateDtype, slot.mode, jobs.length);

@@ -48,7 +48,7 @@ export interface UpdateUniforms {
   bc2Sqrt: number;
 }
 
-/** Workgroups of one job: each invocation updates two elements. */
+/** Returns the workgroups of one job of n elements; each invocation updates two. */
 export function updateWorkgroups(n: number): number {
   return Math.max(1, Math.ceil(n / 2 / UPDATE_WG));
 }
@@ -76,7 +76,7 @@ export function updateUniforms(jobs: readonly UpdateUniforms[]): Uint32Array {
   return words;
 }
 
-/** Bindings per job: parameter, gradient, m and v, and the master copy in master mode. */
+/** Returns the bindings per job: parameter, gradient, m and v, and the master copy in master mode. */
 export function bindingsPerJob(mode: WriteMode): number {
   return mode === "master" ? 5 : 4;
 }

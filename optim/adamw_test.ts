@@ -551,7 +551,7 @@ Deno.test("adamw zeroGrad clears gradients", async () => {
   opt.dispose();
 });
 
-Deno.test("adamw batches small parameters and matches the reference per parameter", async () => {
+Deno.test("adamw batched small parameters", async () => {
   // Small f32 and bf16 parameters of several sizes and decay flags, one with
   // bf16 state, and one f32 parameter over the 4096-element batching limit.
   const specs: { n: number; dtype: "f32" | "bf16"; decay: boolean; state?: "bf16" }[] = [];
@@ -617,7 +617,7 @@ Deno.test("adamw batches small parameters and matches the reference per paramete
   opt.dispose();
 });
 
-Deno.test("adamw stochastic rounding in a shared dispatch keeps one stream per parameter", async () => {
+Deno.test("adamw batched stochastic streams", async () => {
   // Three equal bf16 parameters with equal gradients share one dispatch. Each
   // lands within one ulp of the exact update, and their random streams differ.
   const n = 256;

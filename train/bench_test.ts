@@ -158,7 +158,7 @@ Deno.test("timestampReplay times each dispatch, or says the feature is missing",
   }
 });
 
-Deno.test("quantile interpolates as NumPy's default does", async () => {
+Deno.test("quantile matches NumPy's default", async () => {
   const { quantile } = await import("./bench.ts");
   // numpy.quantile([4, 1, 3, 2], [0, 0.25, 0.5, 0.75, 1]) = [1, 1.75, 2.5, 3.25, 4]
   const xs = [4, 1, 3, 2];

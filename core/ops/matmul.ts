@@ -1342,7 +1342,8 @@ const SECOND: Operands = {
 };
 
 // Binding numbers after C and the bias: the second product's A and B, the
-// scaled copy's scale, output and bias, then scaleK, scaleM, scaleN and the addend.
+// scaled copy's scale, output and bias, scaleK, scaleM, scaleN and the
+// addend, then the sums' x and outputs.
 function extraBindings(s: KernelSpec) {
   let next = s.bias ? 5 : 4;
   const take = () => next++;
@@ -1361,8 +1362,9 @@ function extraBindings(s: KernelSpec) {
   return { a, b, scale, y, bias2, sk, sm, sn, d, x, sd, sp };
 }
 
-// Declarations of scaleK (read by the k loop's loader), scaleN and the addend
-// (read by the stores' loader), and scaleM, read one row at a time.
+// Declarations of scaleK and the sums' x (read by the k loop's loader), scaleN
+// and the addend (read by the stores' loader), scaleM, read one row at a
+// time, and the sums' outputs.
 type Loader = typeof storage | typeof vecStorage;
 function extraDecls(s: KernelSpec, loopLoad: Loader, storeLoad: Loader): string[] {
   const extra = extraBindings(s);

@@ -762,7 +762,7 @@ async function scaledGemmCase(
   return { err, labels };
 }
 
-Deno.test("gemm scales K, M and N, adds an addend and writes a scaled copy", async () => {
+Deno.test("gemm scales, addend and scaled copy", async () => {
   const configs: [string, GemmConfig | null][] = [
     ["auto", null],
     ["gpu", GPU_CONFIG],
@@ -909,7 +909,7 @@ Deno.test("gemm scaleK and scaled copy summed over the batch", async () => {
   assert.ok(maxError(await y.toArray(), wantY) < 1e-5, "scaled copy");
 });
 
-Deno.test("gemm sums B's columns or A's rows over K in its kernel, or says it did not", async () => {
+Deno.test("gemm operand sums in the k loop", async () => {
   const configs: [string, GemmConfig][] = [
     ["gpu", GPU_CONFIG],
     ["narrow", NARROW_CONFIG],

@@ -93,7 +93,7 @@ function columnSum(g: Float32Array, x: Float32Array | null, cols: number): Float
   return out;
 }
 
-Deno.test("columnSums adds several column sums into leaves and returns the others", async () => {
+Deno.test("columnSums into leaves and tensors", async () => {
   // Widths 12, 8 and 4 take the vec4 kernel, with a 9 the scalar one; 1100 rows
   // add partial sums in a second pass per sum.
   for (const rows of [150, 1100]) {
@@ -145,7 +145,7 @@ Deno.test("columnSums adds several column sums into leaves and returns the other
   }
 });
 
-Deno.test("columnSums splits sums beyond the storage-binding limit and rejects bad shapes", async () => {
+Deno.test("columnSums binding limit and shapes", async () => {
   const rows = 40, cols = 8;
   const limit = gpu().limits.maxStorageBuffersPerShaderStage;
   // Each sum with x takes 3 bindings, so this many cannot share one kernel.
