@@ -107,6 +107,23 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   if (col >= p.cols || row >= p.rows) { return; }`;
 }
 
+/**
+ * WGSL lines that find the job of a batched dispatch that this workgroup
+ * belongs to: they define `group` (the flat workgroup index) and `j`, the last
+ * job whose `first` workgroup is ≤ group, and return past the last workgroup.
+ * `u` names a uniform struct with fields `count`, `groups` and
+ * `jobs: array<Job, N>`, where Job has a `first` field. The entry point needs
+ * the `wid` and `nwg` builtins.
+ */
+export function batchedJob(u: string): string {
+  return `  let group = wid.x + wid.y * nwg.x;
+  if (group >= ${u}.groups) { return; }
+  var j = 0u;
+  for (var q = 1u; q < ${u}.count; q++) {
+    if (group >= ${u}.jobs[q].first) { j = q; }
+  }`;
+}
+
 /** Workgroup counts for `main2d` over `rows` (at most maxComputeWorkgroupsPerDimension) × `cols`. */
 export function grid2d(rows: number, cols: number): [number, number] {
   return [Math.max(1, Math.ceil(cols / WG_2D)), Math.max(1, rows)];

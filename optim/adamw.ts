@@ -276,12 +276,14 @@ export class AdamW {
         continue;
       }
       const key = [slot.tensor.dtype, grad.dtype, slot.stateDtype, slot.mode].join();
-      const batch = [...(batches.get(key) ?? []), jobs[0]];
+      const batch = batches.get(key) ?? [];
+      batch.push(jobs[0]);
+      batches.set(key, batch);
       const size = Math.min(MAX_BATCH, Math.floor((limit - 1) / bindingsPerJob(slot.mode)));
       if (batch.length >= size) {
         this.#dispatch(batch, scale);
         batches.delete(key);
-      } else batches.set(key, batch);
+      }
     }
     for (const batch of batches.values()) this.#dispatch(batch, scale);
   }

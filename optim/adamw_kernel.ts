@@ -5,7 +5,7 @@
 // and state. Binding windows therefore start at even element indices.
 
 import type { DType } from "../core/tensor.ts";
-import { BF16_PACK, flatIndex, main1d, storage } from "../core/wgsl.ts";
+import { batchedJob, BF16_PACK, flatIndex, main1d, storage } from "../core/wgsl.ts";
 import { HASH_WGSL, SROUND_BF16_WGSL, SROUND_F16_WGSL } from "./rounding.ts";
 
 /**
@@ -205,12 +205,7 @@ ${code.join("\n")}
 @compute @workgroup_size(${UPDATE_WG})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
         @builtin(num_workgroups) nwg: vec3<u32>) {
-  let group = wid.x + wid.y * nwg.x;
-  if (group >= batch.groups) { return; }
-  var j = 0u;
-  for (var q = 1u; q < batch.count; q++) {
-    if (group >= batch.jobs[q].first) { j = q; }
-  }
+${batchedJob("batch")}
   let u = batch.jobs[j];
   let i = 2u * ((group - u.first) * ${UPDATE_WG}u + lid.x);
   if (i >= u.n) { return; }

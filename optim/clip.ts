@@ -9,7 +9,7 @@
 // one readback.
 
 import { empty, gpu, type Tensor } from "../core/tensor.ts";
-import { storage, uniforms, window, windowElements } from "../core/wgsl.ts";
+import { batchedJob, storage, uniforms, window, windowElements } from "../core/wgsl.ts";
 
 const WG = 256;
 // Elements each workgroup sums before writing one partial.
@@ -53,12 +53,7 @@ var<workgroup> sh: array<f32, ${WG}>;
 @compute @workgroup_size(${WG})
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
         @builtin(num_workgroups) nwg: vec3<u32>) {
-  let group = wid.x + wid.y * nwg.x;
-  if (group >= p.groups) { return; }
-  var j = 0u;
-  for (var q = 1u; q < p.count; q++) {
-    if (group >= p.jobs[q].first) { j = q; }
-  }
+${batchedJob("p")}
   let job = p.jobs[j];
   let start = (group - job.first) * ${CHUNK}u;
   var s = 0.0;

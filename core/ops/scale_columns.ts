@@ -216,7 +216,7 @@ export interface ColumnSum {
   g: Tensor;
   /** [R, C], multiplied into g element by element. */
   x?: Tensor;
-  /** The [C] tensor whose gradient the sum is; a sum whose param needs no gradient is skipped. */
+  /** The [C] tensor whose gradient the sum is. A sum whose param needs no gradient is skipped. */
   param: Tensor;
 }
 
@@ -275,7 +275,7 @@ export function columnSums(sums: readonly ColumnSum[]): (Tensor | null)[] {
   return sums.map((s) => results.get(s) ?? null);
 }
 
-// One dispatch over `rows` for every sum in `jobs`, all within single bindings.
+// Records one dispatch over `rows` for every sum in `jobs`, all within single bindings.
 function columnSumKernel(rows: number, jobs: ColumnSum[], results: Map<ColumnSum, Tensor | null>) {
   const chunks = Math.ceil(rows / CHUNK_ROWS);
   const direct = chunks === 1;

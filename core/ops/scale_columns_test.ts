@@ -94,8 +94,8 @@ function columnSum(g: Float32Array, x: Float32Array | null, cols: number): Float
 }
 
 Deno.test("columnSums into leaves and tensors", async () => {
-  // Widths 12, 8 and 4 take the vec4 kernel, with a 9 the scalar one; 1100 rows
-  // add partial sums in a second pass per sum.
+  // Widths 12, 8 and 4 take the vec4 kernel, and with a 9 the scalar one. With
+  // 1100 rows, each sum adds partial sums in a second pass.
   for (const rows of [150, 1100]) {
     for (const widths of [[12, 8, 4], [12, 9, 4]]) {
       const [n, m] = widths;
